@@ -1,0 +1,234 @@
+"""Rollout engines: sample completions with the log-probs of the sampled tokens.
+
+Both engines report *raw* log-probs, log softmax(logits)[a_t] at temperature 1, which is what
+the learner's policy computes; temperature/top-k/top-p only shape the sampling distribution.
+Sampling is seeded (HF: per batch, by its first prompt id; vLLM: per prompt) so a batch's
+completions do not depend on which worker ran it or when: a resumed run samples what an
+uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from learner.weights import WeightSnapshot, apply_snapshot, merge_lora
+from services.records import Sample
+
+Prompt = tuple[int, str]  # (prompt_id, text)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters (mirrors services.config.SamplingConfig)."""
+
+    max_new_tokens: int = 24
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+
+
+class RolloutEngine(Protocol):
+    name: str
+
+    def generate(
+        self, prompts: list[Prompt], sampling: Sampling, *, version: int, worker_id: str
+    ) -> list[Sample]: ...
+
+    def load_weights(self, snapshot: WeightSnapshot) -> None: ...
+
+
+def vllm_available() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def make_engine(kind: str, model_dir: str | Path, *, seed: int = 0) -> RolloutEngine:
+    """`auto` picks vLLM when it imports, else transformers."""
+    if kind == "auto":
+        kind = "vllm" if vllm_available() else "hf"
+    if kind == "vllm":
+        return VLLMEngine(model_dir, seed=seed)
+    if kind == "hf":
+        return HFEngine(model_dir, seed=seed)
+    raise ValueError(f"unknown rollout engine '{kind}' (valid: auto, hf, vllm)")
+
+
+def _encode_prompts(tokenizer, prompts: list[Prompt], max_positions: int, sampling: Sampling):
+    """Token ids of each prompt, keeping the last tokens that leave room for the response;
+    and which prompts were cut."""
+    limit = max(1, max_positions - sampling.max_new_tokens)
+    full = [tokenizer(text)["input_ids"] for _, text in prompts]
+    return [x[-limit:] for x in full], [len(x) > limit for x in full]
+
+
+class HFEngine:
+    """transformers `generate`, batched with left padding."""
+
+    name = "hf"
+
+    def __init__(self, model_dir: str | Path, *, seed: int = 0) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.seed = seed
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer.padding_side = "left"
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
+        self.model.eval()
+        self._base_state: dict[str, torch.Tensor] | None = None  # for LoRA merges
+
+    def load_weights(self, snapshot: WeightSnapshot) -> None:
+        if snapshot.kind == "full":
+            apply_snapshot(self.model, snapshot)
+            self._base_state = None
+            return
+        if self._base_state is None:  # the last full weights are the base of every LoRA delta
+            self._base_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(merge_lora(self._base_state, snapshot), strict=False)
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: list[Prompt], sampling: Sampling, *, version: int, worker_id: str
+    ) -> list[Sample]:
+        tok = self.tokenizer
+        ids, cut = _encode_prompts(tok, prompts, self.model.config.max_position_embeddings,
+                                   sampling)
+        width = max(len(x) for x in ids)
+        input_ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in ids])
+        attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        # Seeded by the batch's first prompt id: the same batch samples the same completions.
+        torch.manual_seed(self.seed + prompts[0][0])
+        gen = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            do_sample=True,
+            max_new_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_k=sampling.top_k or None,
+            top_p=sampling.top_p,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        responses = gen.sequences[:, width:]
+        logprobs = torch.log_softmax(torch.stack(gen.logits, dim=1).float(), -1)  # (B, T, V)
+        token_lp = logprobs.gather(-1, responses.unsqueeze(-1)).squeeze(-1)  # (B, T)
+        out: list[Sample] = []
+        for i, ((prompt_id, text), prompt_ids) in enumerate(zip(prompts, ids)):
+            response = responses[i].tolist()
+            finished = tok.eos_token_id in response
+            n = response.index(tok.eos_token_id) + 1 if finished else len(response)
+            out.append(
+                Sample(
+                    prompt_id=prompt_id,
+                    prompt_tokens=list(prompt_ids),
+                    response_tokens=response[:n],
+                    logprobs=token_lp[i, :n].tolist(),
+                    policy_version=version,
+                    worker_id=worker_id,
+                    prompt_text=text,
+                    response_text=tok.decode(response[:n], skip_special_tokens=True),
+                    finished=finished,
+                    prompt_truncated=cut[i],
+                )
+            )
+        return out
+
+
+class WeightReloadExtension:
+    """Mixed into vLLM's worker (`worker_extension_cls`): in-place weight reloads."""
+
+    def raylign_reload(self, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
+        self.reload_weights(weights_iterator=iter(named_tensors))  # type: ignore[attr-defined]
+
+
+class VLLMEngine:
+    """vLLM's offline `LLM`, single process per actor, weights reloaded in place."""
+
+    name = "vllm"
+
+    def __init__(self, model_dir: str | Path, *, seed: int = 0) -> None:
+        # One process per actor, CPU KV cache in GiB, every core of the actor, no hub.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoConfig
+        from vllm import LLM
+
+        self.seed = seed
+        config = AutoConfig.from_pretrained(model_dir)
+        self.max_positions = config.max_position_embeddings
+        self.llm = LLM(
+            model=str(model_dir),
+            dtype="float32",  # match the learner's fp32 log-probs on CPU
+            seed=seed,
+            enforce_eager=True,
+            max_model_len=self.max_positions,
+            worker_extension_cls="actors.engines.WeightReloadExtension",
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self._base_state: dict[str, torch.Tensor] | None = None
+
+    def load_weights(self, snapshot: WeightSnapshot) -> None:
+        if snapshot.kind == "full":
+            # Copy out of the (read-only, zero-copy) object-store arrays.
+            state = {k: torch.from_numpy(v.copy()) for k, v in snapshot.tensors.items()}
+            self._base_state = state  # the base of later LoRA deltas
+        elif self._base_state is None:
+            raise RuntimeError("VLLMEngine: a LoRA snapshot arrived before any full snapshot")
+        else:
+            state = merge_lora(self._base_state, snapshot)
+        self.llm.collective_rpc("raylign_reload", args=(list(state.items()),))
+        self.llm.reset_prefix_cache()
+
+    def generate(
+        self, prompts: list[Prompt], sampling: Sampling, *, version: int, worker_id: str
+    ) -> list[Sample]:
+        from vllm import SamplingParams, TokensPrompt
+
+        tok = self.tokenizer
+        ids, cut = _encode_prompts(tok, prompts, self.max_positions, sampling)
+        params = [
+            SamplingParams(
+                n=1,
+                max_tokens=sampling.max_new_tokens,
+                temperature=sampling.temperature,
+                top_k=sampling.top_k if sampling.top_k > 0 else -1,
+                top_p=sampling.top_p,
+                logprobs=0,  # log-prob of the sampled token only
+                seed=self.seed + prompt_id,
+            )
+            for prompt_id, _ in prompts
+        ]
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=p) for p in ids], params, use_tqdm=False
+        )
+        out = []
+        for i, ((prompt_id, text), prompt_ids, result) in enumerate(zip(prompts, ids, outputs)):
+            comp = result.outputs[0]
+            response = list(comp.token_ids)
+            lp = [step[token].logprob for step, token in zip(comp.logprobs, response)]
+            out.append(
+                Sample(
+                    prompt_id=prompt_id,
+                    prompt_tokens=list(prompt_ids),
+                    response_tokens=response,
+                    logprobs=lp,
+                    policy_version=version,
+                    worker_id=worker_id,
+                    prompt_text=text,
+                    response_text=tok.decode(response, skip_special_tokens=True),
+                    finished=comp.finish_reason == "stop",
+                    prompt_truncated=cut[i],
+                )
+            )
+        return out

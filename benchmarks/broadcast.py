@@ -1,0 +1,153 @@
+"""Figure 2, weight broadcast: wall time from the publish (`ray.put` of a WeightSnapshot) until N
+workers have loaded that version (each acks after `apply_snapshot`) ÷ one in-process
+`load_state_dict` of the same weights.
+
+The readers are light actors (`Holder`: a model and `apply_snapshot`, nothing else) with a small
+`num_cpus`, so N = 8 fits beside everything else; they run the same load code as a rollout
+worker's HF engine. The publisher is this process (the learner's side of the put). Measured for
+the tiny world's policy and a ~100M-parameter Llama built from config (random init), each as
+full weights and as a LoRA adapter (peft, r=8, peft's default target modules). Snapshot creation
+(copy + checksum, part of the learner's publish) is reported separately; the ratio starts at the
+put. Repeats alternate the in-process baseline with every N.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from benchmarks.common import stats
+
+LORA_RANK = 8
+
+
+def _build(config: dict, lora_rank: int, seed: int):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**config)).eval()
+    if lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=lora_rank,
+                                                 lora_alpha=16.0, init_lora_weights=False))
+    return model
+
+
+class Holder:
+    """A broadcast reader: holds one model, loads snapshots into it, acks the version."""
+
+    def __init__(self) -> None:
+        self.model = None
+
+    def build(self, config: dict, lora_rank: int) -> int:
+        self.model = None
+        self.model = _build(config, lora_rank, seed=1)
+        return os.getpid()
+
+    def load(self, version: int, snapshot) -> int:
+        from learner.weights import apply_snapshot
+
+        apply_snapshot(self.model, snapshot)
+        return version
+
+
+def _model_config(world) -> dict:
+    import json
+
+    cfg = json.loads((world.sft_dirs[0] / "config.json").read_text())
+    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size",
+            "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
+            "tie_word_embeddings", "rms_norm_eps", "rope_theta", "head_dim")
+    return {k: cfg[k] for k in keys if k in cfg}
+
+
+def _one(name: str, config: dict, kind: str, readers: tuple[int, ...], repeats: int,
+         holders: list) -> dict:
+    import ray
+    import torch
+
+    from learner.weights import apply_snapshot, snapshot_from_model
+
+    lora = LORA_RANK if kind == "lora" else 0
+    ray.get([h.build.remote(config, lora) for h in holders])
+    src = _build(config, lora, seed=2)  # the learner's new weights
+    dst = _build(config, lora, seed=1)  # an in-process reader
+    params = sum(p.numel() for p in src.parameters())
+    t0 = time.perf_counter()
+    snap = snapshot_from_model(src, 1, kind)
+    snapshot_s = time.perf_counter() - t0
+    # The baseline: load_state_dict of the same tensors into the same model.
+    if kind == "full":
+        state = {k: torch.from_numpy(v.copy()) for k, v in snap.tensors.items()}
+    else:  # adapter tensors under the peft model's own (adapter-named) keys
+        names = {k.replace(".default.", "."): k for k in dst.state_dict() if ".lora_" in k}
+        state = {names[k]: torch.from_numpy(v.copy()) for k, v in snap.tensors.items()}
+    base, apply_local, put_s = [], [], []
+    by_n: dict[int, list[float]] = {n: [] for n in readers}
+    dst.load_state_dict(state, strict=kind == "full")  # warm-up
+    version = 1
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.load_state_dict(state, strict=kind == "full")
+        base.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        apply_snapshot(dst, snap)
+        apply_local.append(time.perf_counter() - t0)
+        for n in readers:
+            version += 1
+            s = type(snap)(version=version, tensors=snap.tensors, kind=snap.kind,
+                           checksum=snap.checksum, lora=snap.lora, torch_dtypes=snap.torch_dtypes)
+            t0 = time.perf_counter()
+            ref = ray.put(s)  # the learner's publish: one put, N readers
+            t_put = time.perf_counter() - t0
+            acks = ray.get([h.load.remote(version, ref) for h in holders[:n]])
+            by_n[n].append(time.perf_counter() - t0)
+            if n == readers[-1]:
+                put_s.append(t_put)
+            assert acks == [version] * n
+            del ref
+    out = {"model": name, "kind": kind, "parameters": params, "bytes": snap.nbytes,
+           "tensors": len(snap.tensors), "snapshot_create_s": snapshot_s,
+           "in_process_load_state_dict_s": stats(base),
+           "in_process_apply_snapshot_s": stats(apply_local), "put_s": stats(put_s),
+           "by_readers": {}}
+    for n, times in by_n.items():
+        out["by_readers"][str(n)] = {
+            "seconds": stats(times),
+            "ratio": stats([t / b for t, b in zip(times, base)]),  # paired by repeat
+            "bytes_read": n * snap.nbytes,  # zero-copy reads of one object-store copy
+        }
+    return out
+
+
+def run(settings, cfg, world) -> dict:
+    import ray
+    import torch
+
+    readers = settings.broadcast_readers
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each reader actor (num_cpus < 1 -> one thread)
+    holders = [ray.remote(Holder).options(num_cpus=0.05).remote() for _ in range(max(readers))]
+    try:
+        cases = [("tiny-world policy", _model_config(world), kind, settings.repeats)
+                 for kind in ("full", "lora")]
+        if settings.big_model:
+            cases += [("llama-100M (random init)", settings.big_model, kind,
+                       settings.big_repeats) for kind in ("full", "lora")]
+        results = [_one(name, conf, kind, readers, reps, holders)
+                   for name, conf, kind, reps in cases]
+    finally:
+        torch.set_num_threads(torch_threads)
+        for h in holders:
+            ray.kill(h)
+    n4 = next((r["by_readers"].get("4") for r in results if r["kind"] == "full"), None)
+    return {
+        "what": "put -> N readers loaded ÷ one in-process load_state_dict (same tensors)",
+        "reader_num_cpus": 0.05, "in_process_threads": 1, "lora_rank": LORA_RANK,
+        "cases": results,
+        "goal": {"figure": "ratio at N=4, tiny-world policy, full weights", "target": "<= 1.5",
+                 "value": n4["ratio"]["median"] if n4 else None,
+                 "met": bool(n4 and n4["ratio"]["median"] <= 1.5)},
+    }

@@ -1,0 +1,141 @@
+"""Figure 3, learner overhead: one `PPOTrainer.step` ÷ a bare forward+backward of the same
+policy on the same batch, in-process, with the learner actor's torch thread count.
+
+What one PPO step does (TrainerSettings from the run config): experience without grad (policy
+old log-probs, the reference log-probs by swapping the init weights into the policy, critic
+values), GAE + whitening, then ppo_epochs x (batch / minibatch) minibatches, each a policy
+forward+backward, a critic (separate trunk) forward+backward, grad clipping and two Adam steps,
+plus the EMA update (Elastic Reset) and a pre-step backup copy of the trainable state.
+
+Two ratios: raw = step ÷ one bare policy forward+backward of the whole batch (the issue's
+figure; it counts the PPO algorithm's extra model passes as overhead), and normalised = step ÷
+the sum of the same model passes done bare (2 no-grad policy forwards + 1 no-grad critic forward
+of the batch, ppo_epochs x minibatches x (policy fwd+bwd + critic fwd+bwd)), i.e. what the step
+spends beyond its unavoidable passes. Repeats alternate the step and the bare passes.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from benchmarks.common import role_threads, stats
+
+
+def make_batch(cfg, world, n: int):
+    """n real samples from the SFT policy (in-process HF engine) with seeded random rewards."""
+    from actors.engines import HFEngine, Sampling
+    from services.records import ScoredSample
+
+    engine = HFEngine(world.sft_dirs[0], seed=cfg.seed)
+    sampling = Sampling(**cfg.rollout.sampling.model_dump())
+    b = cfg.rollout.prompts_per_batch
+    prompts = world.train_prompts
+    samples = []
+    for start in range(0, n, b):
+        batch = [(i, prompts[i % len(prompts)]) for i in range(start, min(start + b, n))]
+        samples += engine.generate(batch, sampling, version=0, worker_id="bench")
+    rng = random.Random(cfg.seed)
+    return [ScoredSample(sample=s, member_scores=(r,), reward=r)
+            for s in samples for r in [rng.gauss(0.0, 1.0)]]
+
+
+def run(settings, cfg, world) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from actors.learner import build_policy, trainer_settings
+    from learner.ppo import logprobs_from_logits
+    from learner.trainer import PPOTrainer, RolloutBatch
+
+    lc = cfg.learner
+    threads = role_threads(lc.num_cpus)["torch_threads"]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        pad = AutoTokenizer.from_pretrained(world.tokenizer_dir).pad_token_id
+        scored = make_batch(cfg, world, lc.samples_per_step)
+        batch = RolloutBatch.from_samples(scored, pad)
+        policy, soup = build_policy(cfg, world.sft_dirs)
+        settings_ = trainer_settings(cfg)
+        trainer = PPOTrainer(policy, settings_, pad_token_id=pad, soup_state=soup)
+        bare = AutoModelForCausalLM.from_pretrained(world.sft_dirs[0], use_safetensors=True).eval()
+        critic = trainer.critic  # read-only use below (no optimizer step)
+        inputs = batch.model_inputs()
+        b, plen = batch.query.shape
+        mb = min(settings_.minibatch_size, b)
+        mask = batch.response_mask.float()
+
+        def policy_pass(rows, grad: bool) -> None:
+            ids, attn, pos = (x[rows] for x in inputs)
+            with torch.set_grad_enabled(grad):
+                out = bare(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
+                t = batch.response.shape[1]
+                logp = logprobs_from_logits(out.logits[:, plen - 1: plen + t - 1].float(),
+                                            batch.response[rows])
+                loss = -(logp * mask[rows]).sum() / mask[rows].sum()
+                if grad:
+                    loss.backward()
+                    bare.zero_grad(set_to_none=True)
+
+        def critic_pass(rows, grad: bool) -> None:
+            ids, attn, pos = (x[rows] for x in inputs)
+            with torch.set_grad_enabled(grad):
+                v = critic(ids, attn, pos)[:, plen - 1: plen + mask.shape[1] - 1]
+                loss = (v * mask[rows]).pow(2).sum() / mask[rows].sum()
+                if grad:
+                    loss.backward()
+                    critic.zero_grad(set_to_none=True)
+
+        all_rows = slice(None)
+        minis = [torch.arange(s, min(s + mb, b)) for s in range(0, b, mb)]
+
+        def equivalent() -> float:
+            """The step's model passes, done bare."""
+            t0 = time.perf_counter()
+            policy_pass(all_rows, False)  # old log-probs
+            policy_pass(all_rows, False)  # reference log-probs (init weights swapped in)
+            critic_pass(all_rows, False)  # old values
+            for _ in range(settings_.ppo_epochs):
+                for rows in minis:
+                    policy_pass(rows, True)
+                    critic_pass(rows, True)
+            return time.perf_counter() - t0
+
+        trainer.step(batch)  # warm-up (first Adam step allocates its state)
+        policy_pass(all_rows, True)
+        equivalent()
+        steps, fb, eq = [], [], []
+        for _ in range(settings.repeats):
+            t0 = time.perf_counter()
+            trainer.step(batch)
+            steps.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            policy_pass(all_rows, True)
+            fb.append(time.perf_counter() - t0)
+            eq.append(equivalent())
+    finally:
+        torch.set_num_threads(before)
+
+    passes = 2 * settings_.ppo_epochs * len(minis)
+    out = {
+        "what": "one PPOTrainer.step ÷ bare policy forward+backward of the same batch",
+        "batch": b, "minibatch": mb, "ppo_epochs": settings_.ppo_epochs,
+        "minibatches_per_epoch": len(minis), "prompt_len": plen,
+        "response_len": int(batch.response.shape[1]),
+        "kl_reference": settings_.kl_reference, "elastic_reset": settings_.elastic_reset,
+        "policy_parameters": sum(p.numel() for p in bare.parameters()),
+        "torch_threads": threads,
+        "step_includes": (f"3 no-grad forwards of {b} (policy old, init reference, critic); "
+                          f"{settings_.ppo_epochs} epochs x {len(minis)} minibatches of {mb}: "
+                          f"policy fwd+bwd + critic fwd+bwd + clip + 2 Adam steps "
+                          f"({passes} fwd+bwd in all); GAE, whitening, EMA, pre-step backup"),
+        "step_s": stats(steps), "bare_fwd_bwd_s": stats(fb), "bare_equivalent_s": stats(eq),
+        "raw_ratio": stats([s / f for s, f in zip(steps, fb)]),
+        "normalised_ratio": stats([s / e for s, e in zip(steps, eq)]),
+    }
+    out["goal"] = {"figure": "normalised ratio", "target": "<= 1.3",
+                   "value": out["normalised_ratio"]["median"],
+                   "raw_value": out["raw_ratio"]["median"]}
+    out["goal"]["met"] = out["goal"]["value"] <= 1.3
+    return out

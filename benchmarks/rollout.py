@@ -1,0 +1,162 @@
+"""Figure 1, rollout efficiency: samples/s through Ray (N RolloutWorkers + the reward pool) ÷
+the same engine and batches called in-process.
+
+Like for like: the same engine kind and model dir, the same prompt batches (same prompt ids, so
+the same seeded completions and token counts), the same torch thread count as a rollout actor
+gets from its `num_cpus` (Ray sets OMP_NUM_THREADS from it). Actor start-up and one warm-up
+batch are excluded from both sides. The Ray side routes as the driver does
+(`services.pipeline.Driver`): generate -> `ray.get` of the batch (the driver's fault check) ->
+each reward member scores the samples ref -> `combine_scores` task; a repeat ends when the last
+batch is scored, so the Ray side also pays the reward pool's CPU and its last-batch latency.
+Repeats alternate in-process and Ray (for N = 1, 2, ...) so load drift hits both alike.
+"""
+
+from __future__ import annotations
+
+import time
+
+from benchmarks.common import role_threads, stats
+
+
+def _batches(world, b: int, m: int, offset: int = 0) -> list[list[tuple[int, str]]]:
+    prompts = world.train_prompts
+    return [[(i, prompts[i % len(prompts)]) for i in range(offset + j * b, offset + (j + 1) * b)]
+            for j in range(m)]
+
+
+def _remote(cls, res):
+    """Placed as the driver places a role: the config's per-actor resources."""
+    import ray
+
+    return ray.remote(cls).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus,
+                                   resources=res.resources or None)
+
+
+def _count(samples) -> tuple[int, int]:
+    return len(samples), sum(len(s.response_tokens) for s in samples)
+
+
+def run(settings, cfg, world) -> dict:
+    import ray
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from actors.engines import Sampling, make_engine
+    from actors.reward import RewardMember, combine_scores
+    from actors.rollout import RolloutWorker
+    from learner.weights import snapshot_from_model
+
+    rc, b, m = cfg.rollout, cfg.rollout.prompts_per_batch, settings.rollout_batches
+    sampling = Sampling(**rc.sampling.model_dump())
+    batches = _batches(world, b, m)
+    warm = _batches(world, b, 1, offset=10_000)[0]
+    actor = role_threads(rc.num_cpus)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(actor["torch_threads"])
+    try:
+        # -- in-process baseline: the engine the worker builds, called directly -------------
+        engine = make_engine(rc.engine, world.sft_dirs[0], seed=cfg.seed)
+        engine.generate(warm, sampling, version=0, worker_id="local")
+
+        def local() -> tuple[float, int, int]:
+            t0 = time.perf_counter()
+            out = [engine.generate(x, sampling, version=0, worker_id="local") for x in batches]
+            dt = time.perf_counter() - t0
+            n, tok = _count([s for batch in out for s in batch])
+            return dt, n, tok
+
+        # -- the Ray side: workers + reward pool, placed with the config's resources --------
+        nmax = max(settings.rollout_workers)
+        workers = [_remote(RolloutWorker, rc).remote(f"rollout-{i}", str(world.sft_dirs[0]),
+                                                     rc.engine, sampling, cfg.seed)
+                   for i in range(nmax)]
+        k = cfg.reward.members or cfg.task.num_members
+        members = [_remote(RewardMember, cfg.reward).remote(i, str(world.rm_dirs[i]),
+                                                            cfg.reward.batch_size)
+                   for i in range(k)]
+        combine = ray.remote(combine_scores).options(num_cpus=0)
+        model = AutoModelForCausalLM.from_pretrained(world.sft_dirs[0], use_safetensors=True)
+        snap_ref = ray.put(snapshot_from_model(model, 0))
+        del model
+        ray.get([w.set_weights.remote(0, snap_ref) for w in workers])
+        ray.get([w.generate.remote(warm) for w in workers])  # warm-up, as the local side
+        rw = cfg.reward
+        warm_ref = workers[0].generate.remote(warm)
+        ray.get(combine.remote(warm_ref, *[mm.score.remote(warm_ref) for mm in members],
+                               aggregation=rw.aggregation, uwo_lambda=rw.uwo_lambda,
+                               ddof=rw.ddof, score_clip=rw.score_clip, with_gold=rw.gold_eval,
+                               gold_in_reward=rw.gold_in_reward))  # starts the task's worker
+        engine_name = ray.get(workers[0].info.remote())["engine"]
+
+        def through_ray(n_workers: int, score: bool = True) -> tuple[float, int, int]:
+            todo = list(batches)
+            gens: dict = {}
+            inflight = dict.fromkeys(range(n_workers), 0)
+            scored = []
+            t0 = time.perf_counter()
+            while todo or gens:
+                for w in range(n_workers):  # keep every worker busy, bounded in-flight
+                    while todo and inflight[w] < rc.max_inflight_per_worker:
+                        gens[workers[w].generate.remote(todo.pop(0))] = w
+                        inflight[w] += 1
+                ready, _ = ray.wait(list(gens), num_returns=1)
+                for ref in ready:
+                    inflight[gens.pop(ref)] -= 1
+                    got = ray.get(ref)  # as the driver: a failed generate raises here
+                    if not score:
+                        scored.append(got)
+                        continue
+                    refs = [mm.score.remote(ref) for mm in members]
+                    scored.append(combine.remote(
+                        ref, *refs, aggregation=rw.aggregation, uwo_lambda=rw.uwo_lambda,
+                        ddof=rw.ddof, score_clip=rw.score_clip, with_gold=rw.gold_eval,
+                        gold_in_reward=rw.gold_in_reward))
+            out = ([s for batch in scored for s in batch] if not score else
+                   [s.sample for batch in ray.get(scored) for s in batch])
+            dt = time.perf_counter() - t0
+            n, tok = _count(out)
+            return dt, n, tok
+
+        local_runs: list[tuple[float, int, int]] = []
+        ray_runs: dict[int, list[tuple[float, int, int]]] = {n: [] for n in
+                                                              settings.rollout_workers}
+        gen_only: list[tuple[float, int, int]] = []  # 1 worker, no reward pool: Ray's own cost
+        for _ in range(settings.repeats):
+            local_runs.append(local())
+            gen_only.append(through_ray(1, score=False))
+            for n in settings.rollout_workers:
+                ray_runs[n].append(through_ray(n))
+        for h in workers + members:
+            ray.kill(h)
+    finally:
+        torch.set_num_threads(threads_before)
+
+    base_sps = [n / dt for dt, n, _ in local_runs]
+    out = {
+        "what": "samples/s through N Ray rollout workers + reward pool ÷ same engine in-process",
+        "engine": engine_name, "batch_size": b, "batches_per_repeat": m,
+        "samples_per_repeat": m * b, "max_new_tokens": rc.sampling.max_new_tokens,
+        "reward_members": k, "rollout_num_cpus": rc.num_cpus, "reward_num_cpus": rw.num_cpus,
+        "torch_threads_each_side": actor["torch_threads"],
+        "actor_OMP_NUM_THREADS": actor["OMP_NUM_THREADS"],
+        "startup_excluded": True,
+        "in_process": {"samples_per_s": stats(base_sps),
+                       "tokens_per_s": stats([t / dt for dt, _, t in local_runs])},
+        "by_workers": {},
+        "one_worker_generate_only": {
+            "samples_per_s": stats([n / dt for dt, n, _ in gen_only]),
+            "ratio": stats([n / dt / c for (dt, n, _), c in zip(gen_only, base_sps)]),
+        },
+    }
+    for n, runs in ray_runs.items():
+        sps = [s / dt for dt, s, _ in runs]
+        out["by_workers"][str(n)] = {
+            "samples_per_s": stats(sps),
+            "tokens_per_s": stats([t / dt for dt, _, t in runs]),
+            "tokens_match_in_process": [t for *_, t in runs] == [t for *_, t in local_runs],
+            "ratio": stats([a / c for a, c in zip(sps, base_sps)]),  # paired by repeat
+        }
+    out["goal"] = {"figure": "ratio at N=1", "target": ">= 0.95",
+                   "value": out["by_workers"][str(settings.rollout_workers[0])]["ratio"]["median"]}
+    out["goal"]["met"] = out["goal"]["value"] >= 0.95
+    return out

@@ -1,0 +1,593 @@
+"""PPOTrainer: the policy, a separate critic, the KL reference, the EMA, optimizers, one step.
+
+`step(batch)` reads in the algorithm's order:
+  1. make experience: old log-probs (current policy), reference and init log-probs, values
+  2. rewards: sequence score at the last real token, minus beta * per-token KL (kl_mode=reward)
+  3. GAE, returns = advantages + values, then whitening of the advantages
+  4. ppo_epochs x minibatches: clipped policy loss + vf_coef * clipped value loss
+     (- ent_coef * entropy, + beta * KL in kl_mode=loss), grad-norm clipping, optimizer steps
+  5. EMA update and Elastic Reset per the schedule; KL controller update
+
+Design choices (documented here because the originals differ):
+- The critic is a SEPARATE model: a copy of the initial policy's trunk plus a scalar linear head
+  (as OpenRLHF/veRL do), so an Elastic Reset of the policy leaves the critic alone unless
+  `reset_value_head` (critic <- its initial weights).
+- With `lora_rank > 0` the policy and the critic trunk are wrapped in peft LoRA; only adapter
+  weights (and the value head) train, and the EMA / init / snapshots hold only those tensors.
+- The init and EMA references are evaluated by swapping their tensors into the policy under
+  no_grad (no second copy of the model); a soup reference is a frozen copy of the policy
+  loaded with the soup state (the soup differs in every weight, base included).
+- Models run in eval mode (dropout off), as is usual for RLHF.
+- A non-finite score, loss or gradient norm skips the whole step: policy, critic, optimizers,
+  EMA, counters and RNG are restored to their pre-step state (a pre-step copy is kept, so peak
+  memory includes one extra copy of the trainable state); `step/skipped` is 1.
+- Elastic Reset happens at the end of iterations reset_every, 2 * reset_every, ... (counted
+  from 1, skipped steps not counted); see learner/elastic_reset.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from learner.elastic_reset import ElasticReset, clone_tensors, copy_into_, trainable_tensors
+from learner.kl import get_kl_estimator, kl_k1, kl_k2, kl_per_token, make_kl_controller
+from learner.ppo import (
+    entropy_from_logits,
+    gae,
+    kl_penalised_rewards,
+    logprobs_from_logits,
+    masked_mean,
+    masked_sum,
+    masked_whiten,
+    policy_loss,
+    value_loss,
+)
+from learner.weights import WeightSnapshot, snapshot_from_model
+
+
+@dataclass
+class TrainerSettings:
+    """PPO learner settings; names mirror the run config's `learner` section (flattened)."""
+
+    lr: float = 1e-4  # policy Adam learning rate
+    value_lr: float | None = None  # critic learning rate (None = lr)
+    ppo_epochs: int = 2  # passes over each batch
+    minibatch_size: int = 16  # samples per gradient step (the last minibatch may be smaller)
+    gamma: float = 1.0  # discount: 1 for the episodic bandit-like text task
+    lam: float = 0.95  # GAE lambda (Coste et al., Ziegler et al.)
+    clip_eps: float = 0.2  # policy ratio clip
+    value_clip: float | None = 0.2  # value clip around the old values (None = unclipped)
+    vf_coef: float = 0.1  # value-loss weight
+    ent_coef: float = 0.0  # entropy bonus weight (0 = off, as in most RLHF runs)
+    max_grad_norm: float = 1.0  # clip each model's gradient norm to this
+    whiten_advantages: bool = True  # masked whitening over the batch
+    score_clip: float | None = None  # clip sequence scores to +-this (Coste: 10)
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"  # per-token estimator for the penalty
+    kl_mode: Literal["reward", "loss"] = "reward"  # per-token reward penalty or a loss term
+    kl_coef: float = 0.05  # beta (initial beta if adaptive)
+    kl_adaptive: bool = False  # Ziegler's adaptive controller
+    kl_target: float = 6.0  # adaptive target (summed k1 per sequence)
+    kl_horizon: int = 10000  # adaptive horizon in samples
+    kl_reference: Literal["init", "ema", "soup"] = "init"  # what the KL penalty is taken to
+    elastic_reset: bool = False  # Elastic Reset on/off
+    ema_decay: float = 0.995  # eta
+    reset_every: int = 17  # reset at iterations k * reset_every (k >= 1)
+    ema_update: Literal["iteration", "epoch", "step"] = "iteration"  # when the EMA moves
+    reset_value_head: bool = False  # also reset the critic to its initial weights
+    reset_optimizer: bool = False  # also clear the optimizer state at a reset
+    reset_target: Literal["ema", "init"] = "ema"  # online <- EMA (Elastic Reset) or <- init
+    reset_ema: bool = True  # EMA <- init after a reset (False: the EMA baseline keeps its EMA)
+    lora_rank: int = 0  # 0 = full fine-tuning; > 0 = peft LoRA rank
+    lora_alpha: float = 16.0  # LoRA alpha (scaling = alpha / r)
+    lora_target_modules: list[str] | None = None  # None = peft's default for the architecture
+    temperature: float = 1.0  # sampling temperature: log-probs are of softmax(logits / T)
+    seed: int = 0  # value-head init and minibatch order
+
+    def __post_init__(self) -> None:
+        choices = {"kl_estimator": ("k1", "k2", "k3"), "kl_mode": ("reward", "loss"),
+                   "kl_reference": ("init", "ema", "soup"),
+                   "ema_update": ("iteration", "epoch", "step"),
+                   "reset_target": ("ema", "init")}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"TrainerSettings.{name}: '{getattr(self, name)}' is not one of "
+                                 f"{', '.join(valid)}")
+        positive = ("lr", "ppo_epochs", "minibatch_size", "clip_eps", "max_grad_norm",
+                    "kl_target", "kl_horizon", "reset_every", "temperature")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"TrainerSettings.{name}: must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"TrainerSettings.ema_decay: must be in [0, 1), got {self.ema_decay}")
+        if self.lora_rank < 0:
+            raise ValueError(f"TrainerSettings.lora_rank: must be >= 0, got {self.lora_rank}")
+
+    @classmethod
+    def from_config(cls, learner: Any, **extra: Any) -> TrainerSettings:
+        """Settings from a config's `learner` section (duck-typed: `.kl`, `.elastic_reset`).
+
+        `extra` sets what lives elsewhere in the run config (lora_rank, lora_alpha from
+        `policy`, score_clip from `reward`, seed) or overrides.
+        """
+        kl, er = learner.kl, learner.elastic_reset
+        values = {f.name: getattr(learner, f.name) for f in fields(cls) if hasattr(learner, f.name)}
+        values.update(kl_estimator=kl.estimator, kl_mode=kl.mode, kl_coef=kl.coef,
+                      kl_adaptive=kl.adaptive, kl_target=kl.target, kl_horizon=kl.horizon,
+                      kl_reference=kl.reference, elastic_reset=er.enabled,
+                      ema_decay=er.ema_decay, reset_every=er.reset_every,
+                      ema_update=er.ema_update, reset_value_head=er.reset_value_head,
+                      reset_optimizer=er.reset_optimizer,
+                      reset_target=getattr(er, "target", "ema"),
+                      reset_ema=getattr(er, "reset_ema", True))
+        values.update(extra)
+        return cls(**values)
+
+
+@dataclass
+class RolloutBatch:
+    """One PPO batch as padded tensors."""
+
+    query: torch.Tensor  # (B, P) prompt ids, LEFT-padded
+    query_mask: torch.Tensor  # (B, P) 1 = real prompt token
+    response: torch.Tensor  # (B, T) sampled ids, RIGHT-padded
+    response_mask: torch.Tensor  # (B, T) 1 = real response token
+    scores: torch.Tensor  # (B,) aggregated reward of each sequence
+    logprobs: torch.Tensor | None = None  # (B, T) behaviour log-probs (diagnostics), 0 on padding
+
+    def __len__(self) -> int:
+        return self.query.shape[0]
+
+    @classmethod
+    def from_samples(cls, samples: list[Any], pad_token_id: int) -> RolloutBatch:
+        """Pad scored samples (objects with `.sample.prompt_tokens`, `.sample.response_tokens`,
+        optional `.sample.logprobs`, and `.reward`, i.e. services.records.ScoredSample)."""
+        if not samples:
+            raise ValueError("RolloutBatch.from_samples: no samples")
+        prompts = [list(s.sample.prompt_tokens) for s in samples]
+        responses = [list(s.sample.response_tokens) for s in samples]
+        for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+            if not p or not r:
+                raise ValueError(f"RolloutBatch.from_samples: sample {i} has an empty "
+                                 f"{'prompt' if not p else 'response'}")
+        b, plen, tlen = len(samples), max(map(len, prompts)), max(map(len, responses))
+        query = torch.full((b, plen), pad_token_id, dtype=torch.long)
+        query_mask = torch.zeros((b, plen), dtype=torch.long)
+        response = torch.full((b, tlen), pad_token_id, dtype=torch.long)
+        response_mask = torch.zeros((b, tlen), dtype=torch.long)
+        logprobs = torch.zeros((b, tlen), dtype=torch.float32)
+        has_logprobs = all(getattr(s.sample, "logprobs", None) is not None for s in samples)
+        for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+            query[i, plen - len(p):] = torch.tensor(p)
+            query_mask[i, plen - len(p):] = 1
+            response[i, : len(r)] = torch.tensor(r)
+            response_mask[i, : len(r)] = 1
+            if has_logprobs:
+                logprobs[i, : len(r)] = torch.tensor(list(samples[i].sample.logprobs))
+        scores = torch.tensor([float(s.reward) for s in samples], dtype=torch.float32)
+        return cls(query, query_mask, response, response_mask, scores,
+                   logprobs if has_logprobs else None)
+
+    def model_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask, position_ids), each (B, P + T); positions skip the
+        left padding, as `generate` numbers them."""
+        ids = torch.cat([self.query, self.response], dim=1)
+        attn = torch.cat([self.query_mask, self.response_mask], dim=1).long()
+        pos = (attn.cumsum(dim=1) - 1).clamp(min=0)
+        return ids, attn, pos
+
+
+class Critic(nn.Module):
+    """Value model: a transformer trunk + a scalar linear head. forward -> (B, L) values."""
+
+    def __init__(self, trunk: nn.Module, hidden_size: int, generator: torch.Generator) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.head = nn.Linear(hidden_size, 1)
+        with torch.no_grad():
+            self.head.weight.normal_(0.0, 1.0 / (hidden_size + 1) ** 0.5, generator=generator)
+            self.head.bias.zero_()
+
+    def forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        out = self.trunk(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=position_ids, use_cache=False)
+        return self.head(out.last_hidden_state.float()).squeeze(-1)
+
+
+class PPOTrainer:
+    """PPO learner over a causal LM (see the module docstring for the design).
+
+    policy: an HF causal LM (PreTrainedModel) with the initial weights; the trainer takes
+    ownership (with lora_rank > 0 it is wrapped in peft in place). soup_state: the HF state dict
+    of the soup, required for kl_reference="soup".
+    """
+
+    def __init__(
+        self,
+        policy: nn.Module,
+        settings: TrainerSettings,
+        *,
+        pad_token_id: int,
+        soup_state: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        s = self.settings = settings
+        self.pad_token_id = int(pad_token_id)
+        get_kl_estimator(s.kl_estimator)
+        self.generator = torch.Generator().manual_seed(s.seed)
+        policy.eval()
+
+        # KL reference "soup": a frozen copy of the policy loaded with the soup (HF names)
+        self.ref_model: nn.Module | None = None
+        if s.kl_reference == "soup":
+            if soup_state is None:
+                raise ValueError("kl_reference='soup' needs soup_state (the averaged state dict)")
+            self.ref_model = copy.deepcopy(policy)
+            self.ref_model.load_state_dict(soup_state, strict=True)
+            self.ref_model.requires_grad_(False).eval()
+
+        # critic: a copy of the initial trunk + a scalar head
+        trunk = copy.deepcopy(policy.base_model)
+        if s.lora_rank > 0:
+            from peft import LoraConfig, get_peft_model
+
+            trunk.requires_grad_(False)
+            trunk = get_peft_model(trunk, LoraConfig(r=s.lora_rank, lora_alpha=s.lora_alpha,
+                                                     target_modules=s.lora_target_modules))
+            policy = get_peft_model(policy, LoraConfig(
+                task_type="CAUSAL_LM", r=s.lora_rank, lora_alpha=s.lora_alpha,
+                target_modules=s.lora_target_modules))
+        self.critic = Critic(trunk, policy.config.hidden_size, self.generator).eval()
+        self.policy = policy.eval()
+
+        # initial weights (EMA reset target, init reference, drift metric), EMA, optimizers
+        self.init = clone_tensors(trainable_tensors(self.policy))
+        self.critic_init = clone_tensors(trainable_tensors(self.critic))
+        self.elastic: ElasticReset | None = None
+        if s.elastic_reset or s.kl_reference == "ema":
+            self.elastic = ElasticReset(
+                self.policy, ema_decay=s.ema_decay,
+                reset_every=s.reset_every if s.elastic_reset else None,
+                ema_update=s.ema_update, reset_value_head=s.reset_value_head,
+                reset_optimizer=s.reset_optimizer, init=self.init, target=s.reset_target,
+                reset_ema=s.reset_ema)
+        self.policy_opt = torch.optim.Adam(list(trainable_tensors(self.policy).values()), lr=s.lr)
+        self.critic_opt = torch.optim.Adam(list(trainable_tensors(self.critic).values()),
+                                           lr=s.value_lr or s.lr)
+        self.kl_ctl = make_kl_controller(s.kl_coef, s.kl_adaptive, s.kl_target, s.kl_horizon)
+        self.version = 0  # completed (not skipped) steps = published weight version
+        self.skipped = 0
+
+    # -- forward helpers ---------------------------------------------------------------------
+
+    def _logprobs(self, model: nn.Module, inputs: tuple, batch_rows, plen: int,
+                  response: torch.Tensor, with_entropy: bool = False):
+        ids, attn, pos = (x[batch_rows] for x in inputs)
+        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
+        t = response.shape[1]
+        logits = out.logits[:, plen - 1: plen + t - 1].float() / self.settings.temperature
+        logp = logprobs_from_logits(logits, response)
+        return (logp, entropy_from_logits(logits)) if with_entropy else (logp, None)
+
+    def _values(self, inputs: tuple, batch_rows, plen: int, tlen: int) -> torch.Tensor:
+        ids, attn, pos = (x[batch_rows] for x in inputs)
+        return self.critic(ids, attn, pos)[:, plen - 1: plen + tlen - 1]
+
+    @contextmanager
+    def _policy_weights(self, tensors: dict[str, torch.Tensor]):
+        """Temporarily load `tensors` (trainable names) into the policy; restore bit-exactly."""
+        live = trainable_tensors(self.policy)
+        saved = clone_tensors(live)
+        copy_into_(live, tensors)
+        try:
+            yield
+        finally:
+            copy_into_(live, saved)
+
+    @torch.no_grad()
+    def _ref_logprobs(self, inputs, rows, plen, response, which: str) -> torch.Tensor:
+        if which == "soup":
+            return self._logprobs(self.ref_model, inputs, rows, plen, response)[0]
+        tensors = self.init if which == "init" else self.elastic.ema
+        with self._policy_weights(tensors):
+            return self._logprobs(self.policy, inputs, rows, plen, response)[0]
+
+    @torch.no_grad()
+    def compute_logprobs(self, batch: RolloutBatch, which: str = "policy") -> torch.Tensor:
+        """(B, T) log-probs of the batch's responses under the policy or a reference
+        (`which`: policy | init | ema | soup), 0 on padding."""
+        inputs = batch.model_inputs()
+        plen = batch.query.shape[1]
+        if which == "policy":
+            logp = self._logprobs(self.policy, inputs, slice(None), plen, batch.response)[0]
+        else:
+            if which == "soup" and self.ref_model is None or which == "ema" and not self.elastic:
+                raise ValueError(f"compute_logprobs: this trainer has no '{which}' model")
+            logp = self._ref_logprobs(inputs, slice(None), plen, batch.response, which)
+        return logp * batch.response_mask
+
+    # -- the step ----------------------------------------------------------------------------
+
+    def step(self, batch: RolloutBatch) -> dict[str, float]:
+        """One PPO iteration on `batch`; returns namespaced scalar stats."""
+        t0 = time.perf_counter()
+        s = self.settings
+        backup = self._backup()
+        inputs = batch.model_inputs()
+        b, plen = batch.query.shape
+        tlen = batch.response.shape[1]
+        rows = slice(None)
+        mask = batch.response_mask.float()
+        response = batch.response
+        scores = batch.scores.float()
+        if not torch.isfinite(scores).all():
+            return self._skip(backup, t0, "score")
+        if s.score_clip is not None:
+            scores = scores.clamp(-s.score_clip, s.score_clip)
+
+        # 1. experience: old / reference / init log-probs and values, all without grad
+        with torch.no_grad():
+            old_logp = self._logprobs(self.policy, inputs, rows, plen, response)[0]
+            ref_logp = self._ref_logprobs(inputs, rows, plen, response, s.kl_reference)
+            init_logp = (ref_logp if s.kl_reference == "init"
+                         else self._ref_logprobs(inputs, rows, plen, response, "init"))
+            old_values = self._values(inputs, rows, plen, tlen)
+
+            # 2. rewards: score at the last real token, minus beta * KL per token
+            beta = self.kl_ctl.value
+            kl_tok = kl_per_token(old_logp, ref_logp, s.kl_estimator)
+            penalty_beta = beta if s.kl_mode == "reward" else 0.0
+            rewards = kl_penalised_rewards(scores, kl_tok, mask, penalty_beta)
+
+            # 3. GAE; returns before whitening
+            advantages, returns = gae(rewards, old_values, mask, gamma=s.gamma, lam=s.lam)
+            raw_adv_mean = masked_mean(advantages, mask)
+            if s.whiten_advantages:
+                advantages = masked_whiten(advantages, mask)
+
+        # 4. epochs x minibatches
+        mb = min(s.minibatch_size, b)
+        policy_params = list(trainable_tensors(self.policy).values())
+        critic_params = list(trainable_tensors(self.critic).values())
+        acc: dict[str, list[float]] = {}
+        for _ in range(s.ppo_epochs):
+            perm = torch.randperm(b, generator=self.generator)
+            for start in range(0, b, mb):
+                idx = perm[start: start + mb]
+                m = mask[idx]
+                logp, entropy = self._logprobs(self.policy, inputs, idx, plen, response[idx],
+                                               with_entropy=True)
+                pg_loss, pg_stats = policy_loss(logp, old_logp[idx], advantages[idx], m,
+                                                s.clip_eps)
+                values = self._values(inputs, idx, plen, tlen)
+                vf_loss, vf_stats = value_loss(values, old_values[idx], returns[idx], m,
+                                               s.value_clip)
+                ent = masked_mean(entropy, m)
+                loss = pg_loss + s.vf_coef * vf_loss - s.ent_coef * ent
+                kl_loss = torch.zeros(())
+                if s.kl_mode == "loss":
+                    kl_loss = masked_mean(kl_per_token(logp, ref_logp[idx], s.kl_estimator), m)
+                    loss = loss + beta * kl_loss
+                if not torch.isfinite(loss):
+                    return self._skip(backup, t0, "loss")
+                self.policy_opt.zero_grad(set_to_none=True)
+                self.critic_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gn = torch.nn.utils.clip_grad_norm_(policy_params, s.max_grad_norm)
+                gv = torch.nn.utils.clip_grad_norm_(critic_params, s.max_grad_norm)
+                if not (torch.isfinite(gn) and torch.isfinite(gv)):
+                    return self._skip(backup, t0, "grad")
+                self.policy_opt.step()
+                self.critic_opt.step()
+                if self.elastic is not None:
+                    self.elastic.on_step(self.policy)
+                for k, v in (("loss/policy", pg_loss), ("loss/value", vf_loss),
+                             ("loss/kl", kl_loss), ("loss/total", loss),
+                             ("policy/clipfrac", pg_stats["clipfrac"]),
+                             ("policy/approx_kl", pg_stats["approx_kl"]),
+                             ("policy/entropy", ent), ("value/clipfrac", vf_stats["clipfrac"]),
+                             ("grad/norm", gn), ("grad/value_norm", gv)):
+                    acc.setdefault(k, []).append(float(v.detach()))
+            if self.elastic is not None:
+                self.elastic.on_epoch(self.policy)
+
+        # 5. EMA / Elastic Reset, KL controller
+        reset = False
+        if self.elastic is not None:
+            reset = self.elastic.end_iteration(self.policy)
+        if reset:
+            if s.reset_value_head:
+                copy_into_(self.critic, self.critic_init)
+            if s.reset_optimizer:
+                self.policy_opt.state.clear()
+                if s.reset_value_head:
+                    self.critic_opt.state.clear()
+        with torch.no_grad():
+            kl_ref_seq = masked_sum(kl_k1(old_logp, ref_logp), mask, dim=1)
+            kl_init_k1 = masked_sum(kl_k1(old_logp, init_logp), mask, dim=1)
+            kl_init_k2 = masked_sum(kl_k2(old_logp, init_logp), mask, dim=1)
+        self.kl_ctl.update(float(kl_ref_seq.mean()), b)
+        self.version += 1
+
+        stats = {k: sum(v) / len(v) for k, v in acc.items()}
+        stats.update({
+            "kl/ref": float(kl_ref_seq.mean()),
+            "kl/penalty_estimator": float(masked_sum(kl_tok, mask, dim=1).mean()),
+            "kl/init_k1": float(kl_init_k1.mean()),
+            "kl/init_k2": float(kl_init_k2.mean()),
+            "kl/coef": float(beta),
+            "kl/coef_next": float(self.kl_ctl.value),
+            "reward/score_mean": float(scores.mean()),
+            "reward/score_std": float(scores.std()) if b > 1 else 0.0,
+            "reward/penalty_mean": float(-penalty_beta * masked_sum(kl_tok, mask, dim=1).mean()),
+            "value/mean": float(masked_mean(old_values, mask)),
+            "returns/mean": float(masked_mean(returns, mask)),
+            "advantages/mean_raw": float(raw_adv_mean),
+            "response/length_mean": float(mask.sum(dim=1).mean()),
+            "elastic/reset": float(reset),
+            "elastic/resets": float(self.elastic.schedule.resets if self.elastic else 0),
+            "step/skipped": 0.0,
+            "step/version": float(self.version),
+            "time/step_s": time.perf_counter() - t0,
+        })
+        return stats
+
+    def _backup(self) -> dict:
+        return copy.deepcopy(self._state(include_init=False))
+
+    def _skip(self, backup: dict, t0: float, reason: str) -> dict[str, float]:
+        self._load_state(backup)
+        self.skipped += 1
+        return {"step/skipped": 1.0, "step/skipped_total": float(self.skipped),
+                "step/version": float(self.version), "elastic/reset": 0.0,
+                f"step/skip_{reason}": 1.0, "time/step_s": time.perf_counter() - t0}
+
+    # -- weights and state -------------------------------------------------------------------
+
+    def snapshot(self, version: int | None = None) -> WeightSnapshot:
+        """The policy's weights (LoRA adapter only when lora_rank > 0) as a WeightSnapshot."""
+        kind = "lora" if self.settings.lora_rank > 0 else "full"
+        return snapshot_from_model(self.policy, self.version if version is None else version,
+                                   kind)
+
+    def _state(self, include_init: bool = True) -> dict:
+        state = {
+            "policy": trainable_tensors(self.policy),
+            "critic": trainable_tensors(self.critic),
+            "policy_opt": self.policy_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "kl_ctl": self.kl_ctl.state_dict(),
+            "elastic": None if self.elastic is None else {
+                "ema": self.elastic.ema, "schedule": self.elastic.schedule.state_dict()},
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "counters": {"version": self.version, "skipped": self.skipped},
+        }
+        if include_init:
+            state["init"] = self.init
+            state["critic_init"] = self.critic_init
+        return state
+
+    def state_dict(self) -> dict:
+        """Everything needed for an exact resume (tensors are copies)."""
+        return copy.deepcopy(self._state())
+
+    def load_state_dict(self, state: dict) -> None:
+        self._load_state(copy.deepcopy(state))
+
+    @torch.no_grad()
+    def _load_state(self, state: dict) -> None:
+        copy_into_(self.policy, state["policy"])
+        copy_into_(self.critic, state["critic"])
+        self.policy_opt.load_state_dict(state["policy_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+        if "init" in state:
+            self.init = clone_tensors(state["init"])
+            self.critic_init = clone_tensors(state["critic_init"])
+            if self.elastic is not None:
+                self.elastic.init = clone_tensors(self.init)
+        if (state["elastic"] is None) != (self.elastic is None):
+            raise ValueError("load_state_dict: Elastic Reset / EMA on in one state and off in "
+                             "the other; use the same settings")
+        if self.elastic is not None:
+            self.elastic.ema = clone_tensors(state["elastic"]["ema"])
+            self.elastic.schedule.load_state_dict(state["elastic"]["schedule"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.version = int(state["counters"]["version"])
+        self.skipped = int(state["counters"]["skipped"])
+
+    def save(self, path: str | Path) -> Path:
+        """Write the state: tensors to `state.safetensors`, the rest to `state.json`."""
+        from safetensors.torch import save_file
+
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        state = self._state()
+        tensors: dict[str, torch.Tensor] = {}
+        for group in ("policy", "critic", "init", "critic_init"):
+            for k, v in state[group].items():
+                tensors[f"{group}/{k}"] = v
+        if state["elastic"] is not None:
+            for k, v in state["elastic"]["ema"].items():
+                tensors[f"ema/{k}"] = v
+        tensors["rng/generator"] = state["generator"]
+        tensors["rng/torch"] = state["torch_rng"]
+        meta: dict[str, Any] = {
+            "format": 1,
+            "settings": asdict(self.settings),
+            "kl_ctl": state["kl_ctl"],
+            "schedule": None if state["elastic"] is None else state["elastic"]["schedule"],
+            "counters": state["counters"],
+        }
+        for name in ("policy_opt", "critic_opt"):
+            meta[name] = _flatten_optimizer(state[name], name, tensors)
+        save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()},
+                  str(out / "state.safetensors"))
+        (out / "state.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        return out
+
+    def load(self, path: str | Path) -> None:
+        """Restore a state written by `save` (no pickles are read)."""
+        from safetensors.torch import load_file
+
+        p = Path(path)
+        meta = json.loads((p / "state.json").read_text())
+        tensors = load_file(str(p / "state.safetensors"))
+        if meta["settings"].get("lora_rank") != self.settings.lora_rank:
+            raise ValueError(f"load: state was saved with lora_rank="
+                             f"{meta['settings'].get('lora_rank')}, this trainer has "
+                             f"{self.settings.lora_rank}")
+
+        def group(name: str) -> dict[str, torch.Tensor]:
+            pre = f"{name}/"
+            return {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)}
+
+        state = {
+            "policy": group("policy"), "critic": group("critic"), "init": group("init"),
+            "critic_init": group("critic_init"),
+            "policy_opt": _unflatten_optimizer(meta["policy_opt"], tensors),
+            "critic_opt": _unflatten_optimizer(meta["critic_opt"], tensors),
+            "kl_ctl": meta["kl_ctl"],
+            "elastic": None if meta["schedule"] is None else {
+                "ema": group("ema"), "schedule": meta["schedule"]},
+            "generator": tensors["rng/generator"], "torch_rng": tensors["rng/torch"],
+            "counters": meta["counters"],
+        }
+        for g in ("policy", "critic"):
+            live = trainable_tensors(self.policy if g == "policy" else self.critic)
+            if set(live) != set(state[g]):
+                diff = sorted(set(live) ^ set(state[g]))[:5]
+                raise ValueError(f"load: {g} tensors differ from this trainer's: {diff}")
+        self._load_state(state)
+
+
+def _flatten_optimizer(sd: dict, name: str, tensors: dict[str, torch.Tensor]) -> dict:
+    """JSON structure of an optimizer state dict; its tensors go into `tensors`."""
+    state = {}
+    for idx, entry in sd["state"].items():
+        state[str(idx)] = {}
+        for key, val in entry.items():
+            if isinstance(val, torch.Tensor):
+                tkey = f"{name}/{idx}/{key}"
+                tensors[tkey] = val
+                state[str(idx)][key] = {"tensor": tkey}
+            else:
+                state[str(idx)][key] = {"value": val}
+    return {"state": state, "param_groups": sd["param_groups"]}
+
+
+def _unflatten_optimizer(meta: dict, tensors: dict[str, torch.Tensor]) -> dict:
+    state = {}
+    for idx, entry in meta["state"].items():
+        state[int(idx)] = {k: tensors[v["tensor"]] if "tensor" in v else v["value"]
+                           for k, v in entry.items()}
+    return {"state": state, "param_groups": meta["param_groups"]}

@@ -1,0 +1,411 @@
+"""The run configuration: one pydantic tree, loaded from YAML with errors that say where.
+
+`load_config("tiny.yaml", ["learner.lr=1e-5"])` returns a validated `RunConfig` or raises
+`ConfigError` whose message names the file, the line and the dotted field, e.g.
+`tiny.yaml:14 learner.elastic_reset.ema_decay: must be < 1, got 1.5`. Nothing else in raylign
+starts (no Ray, no model) before this succeeds.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------
+
+
+class Resources(Strict):
+    """Where one role runs: Ray resources per actor and how many actors."""
+
+    replicas: int = Field(1, ge=0, description="number of actors of this role")
+    num_cpus: float = Field(1.0, ge=0, description="Ray CPUs per actor")
+    num_gpus: float = Field(0.0, ge=0, description="Ray GPUs per actor")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources per actor, e.g. {rollout: 1}"
+    )
+    max_restarts: int = Field(3, ge=-1, description="Ray max_restarts (-1 = forever)")
+
+
+class TaskConfig(Strict):
+    name: Literal["tiny_world"] = "tiny_world"
+    size: Literal["micro", "tiny", "small"] = Field(
+        "tiny", description="micro builds in seconds (tests); tiny is the demo (~minutes)"
+    )
+    cache_dir: str = Field(".cache/raylign", description="built worlds live here, by hash")
+    seed: int = 0
+    num_members: int = Field(4, ge=1, description="K proxy reward models to train")
+    num_sft_seeds: int = Field(2, ge=1, description="SFT models (soup ingredients)")
+    label_noise: float = Field(0.25, ge=0, lt=0.5, description="flipped preference labels")
+
+
+class PolicyConfig(Strict):
+    init: Literal["sft", "soup"] = Field(
+        "sft", description="start the policy from SFT model 0 or from the soup of all SFT models"
+    )
+    model_dir: str | None = Field(
+        None, description="an HF model dir to start from instead of the task's SFT model"
+    )
+    lora_rank: int = Field(0, ge=0, description="0 = full fine-tuning; >0 = peft LoRA rank")
+    lora_alpha: float = Field(16.0, gt=0)
+
+
+class SamplingConfig(Strict):
+    max_new_tokens: int = Field(24, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0, description="0 = off")
+    top_p: float = Field(1.0, gt=0, le=1)
+
+
+class RolloutConfig(Resources):
+    engine: Literal["auto", "hf", "vllm"] = Field(
+        "auto", description="auto = vllm if importable, else hf (transformers)"
+    )
+    prompts_per_batch: int = Field(8, ge=1, description="prompts in one generate() call")
+    max_inflight_per_worker: int = Field(2, ge=1, description="backpressure bound")
+    max_staleness: int = Field(
+        1, ge=0, description="use a sample at learner version u only if u - v <= this"
+    )
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+
+class RewardConfig(Resources):
+    aggregation: Literal["mean", "min", "uwo", "single"] = Field(
+        "mean", description="mean | min (worst case) | uwo (mean - lambda*var) | single (member 0)"
+    )
+    members: int | None = Field(None, ge=1, description="use the first K members (None = all)")
+    uwo_lambda: float = Field(0.1, ge=0, description="0.1 for PPO, 0.5 for best-of-n (Coste)")
+    ddof: Literal[0, 1] = Field(1, description="variance ddof for uwo (1 = sample variance)")
+    gold_eval: bool = Field(True, description="also score with the gold scorer (metrics only)")
+    gold_in_reward: bool = Field(False, description="train on gold (oracle) instead of proxies")
+    score_clip: float | None = Field(None, gt=0, description="clip the aggregate to ±this")
+    batch_size: int = Field(16, ge=1, description="samples per reward-model call")
+    model_dirs: list[str] | None = Field(
+        None, description="HF sequence-classification dirs to use as members instead of the "
+        "task's proxy reward models"
+    )
+
+
+class KLConfig(Strict):
+    estimator: Literal["k1", "k2", "k3"] = "k1"
+    mode: Literal["reward", "loss"] = Field(
+        "reward", description="per-token reward penalty, or a loss term"
+    )
+    coef: float = Field(0.05, ge=0, description="beta")
+    adaptive: bool = False
+    target: float = Field(6.0, gt=0, description="adaptive controller's target KL")
+    horizon: int = Field(10000, ge=1)
+    reference: Literal["init", "ema", "soup"] = "init"
+
+
+class ElasticResetConfig(Strict):
+    enabled: bool = False
+    ema_decay: float = Field(0.995, ge=0, lt=1, description="eta")
+    reset_every: int = Field(17, ge=1, description="reset at iterations k*reset_every")
+    ema_update: Literal["iteration", "epoch", "step"] = "iteration"
+    reset_value_head: bool = False
+    reset_optimizer: bool = False
+    target: Literal["ema", "init"] = Field(
+        "ema", description="what the policy is reset to: ema (Elastic Reset) or init "
+        "(the reset-to-init baseline)")
+    reset_ema: bool = Field(
+        True, description="EMA <- init after each reset (false: the reset-to-EMA baseline "
+        "that keeps its EMA)")
+
+
+class LearnerConfig(Resources):
+    steps: int = Field(20, ge=1, description="PPO iterations (learner versions) to run")
+    samples_per_step: int = Field(32, ge=1)
+    minibatch_size: int = Field(16, ge=1)
+    ppo_epochs: int = Field(2, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    value_lr: float | None = Field(None, gt=0, description="None = lr")
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    clip_eps: float = Field(0.2, gt=0)
+    value_clip: float | None = Field(0.2, gt=0)
+    vf_coef: float = Field(0.1, ge=0)
+    ent_coef: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    whiten_advantages: bool = True
+    kl: KLConfig = Field(default_factory=KLConfig)
+    elastic_reset: ElasticResetConfig = Field(default_factory=ElasticResetConfig)
+    eval_every: int = Field(
+        5, ge=0, description="steps between drift evaluations on held-out text (0 = off)"
+    )
+    eval_texts: int = Field(64, ge=1, description="held-out corpus texts per drift evaluation")
+    soup_weights: list[float] | None = Field(
+        None, description="weights of the SFT models in the soup (None = uniform)"
+    )
+
+    @model_validator(mode="after")
+    def _divides(self) -> LearnerConfig:
+        if self.samples_per_step % self.minibatch_size:
+            raise ValueError(
+                f"minibatch_size ({self.minibatch_size}) must divide samples_per_step "
+                f"({self.samples_per_step})"
+            )
+        return self
+
+
+class BroadcastConfig(Strict):
+    keep_versions: int = Field(2, ge=1, description="weight versions kept referenced")
+
+
+class MetricsConfig(Strict):
+    enabled: bool = True
+    host: str = Field("127.0.0.1", description="exporter bind address (loopback by default)")
+    port: int = Field(0, ge=0, le=65535, description="0 = pick a free port and log it")
+
+
+class CheckpointConfig(Strict):
+    every: int = Field(10, ge=0, description="learner steps between checkpoints (0 = end only)")
+    keep: int = Field(2, ge=1)
+    max_actor_failures: int = Field(
+        8, ge=1, description="consecutive failures of one actor (with backoff 0.5 s doubling "
+        "to 10 s, ~45 s in all) before the run stops"
+    )
+
+
+class ClusterConfig(Strict):
+    address: str | None = Field(None, description="None = embedded Ray; 'auto' = join a cluster")
+    num_cpus: int | None = Field(None, ge=1, description="embedded Ray's CPUs (None = detect)")
+    namespace: str = "raylign"
+
+
+class RunConfig(Strict):
+    name: str = "run"
+    seed: int = 0
+    run_dir: str = Field("runs", description="RUN_DIR = run_dir/name")
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    broadcast: BroadcastConfig = Field(default_factory=BroadcastConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> RunConfig:
+        available = len(self.reward.model_dirs or []) or self.task.num_members
+        k = self.reward.members or available
+        if self.reward.members is not None and self.reward.members > available:
+            raise ValueError(
+                f"reward.members ({self.reward.members}) exceeds the {available} reward models "
+                "available (task.num_members, or reward.model_dirs)"
+            )
+        if self.reward.aggregation in ("min", "uwo") and k < 2 and not self.reward.gold_in_reward:
+            raise ValueError(
+                f"reward.aggregation={self.reward.aggregation} needs at least 2 members, got {k}"
+            )
+        uses_soup = self.learner.kl.reference == "soup" or self.policy.init == "soup"
+        if uses_soup and self.task.num_sft_seeds < 2:
+            raise ValueError("a soup (policy.init or learner.kl.reference) needs "
+                             "task.num_sft_seeds >= 2")
+        return self
+
+    def digest(self) -> str:
+        """A short stable hash of the whole config."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    @property
+    def path(self) -> Path:
+        return Path(self.run_dir) / self.name
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading with precise errors
+# ---------------------------------------------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """A config problem, with `file:line dotted.path: message` lines."""
+
+
+def _line_map(node: yaml.Node, prefix: tuple = (), out: dict | None = None) -> dict:
+    """Map every YAML path (tuple of keys/indices) to its 1-based line."""
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = (*prefix, key_node.value)
+            out[path] = key_node.start_mark.line + 1
+            _line_map(value_node, path, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[(*prefix, i)] = item.start_mark.line + 1
+            _line_map(item, (*prefix, i), out)
+    return out
+
+
+def _model_at(path: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that a YAML path (of mappings) points into."""
+    model: Any = RunConfig
+    for key in path:
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def _describe(err: dict) -> str:
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    bounds = {"less_than": "<", "less_than_equal": "<=", "greater_than": ">",
+              "greater_than_equal": ">="}
+    for name, op in bounds.items():
+        if kind == name:
+            bound = ctx.get({"<": "lt", "<=": "le", ">": "gt", ">=": "ge"}[op])
+            return f"must be {op} {bound}, got {value!r}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}, got {value!r}"
+    if kind == "missing":
+        return "required field is missing"
+    return f"{err['msg']}, got {value!r}"
+
+
+def _format(err: dict, source: str, lines: dict, overrides: dict) -> str:
+    loc = tuple(err["loc"])
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    message = _describe(err)
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        if parent is not None:
+            close = difflib.get_close_matches(str(loc[-1]), list(parent.model_fields), n=1)
+            if close:
+                message += f" (did you mean '{close[0]}'?)"
+            else:
+                message += f"; valid keys: {', '.join(parent.model_fields)}"
+    if dotted in overrides:
+        return f"override '{overrides[dotted]}': {dotted}: {message}"
+    # The deepest path that the file names (a model-level error points at its section).
+    for cut in range(len(loc), -1, -1):
+        if loc[:cut] in lines:
+            return f"{source}:{lines[loc[:cut]]} {dotted}: {message}"
+    return f"{source} {dotted}: {message}"
+
+
+def _apply_override(data: dict, item: str) -> str:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}': expected dotted.key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{item}': value is not valid YAML: {e}") from None
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{item}': {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+    return key.strip()
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config (or the defaults when `path` is None) and apply dotted overrides."""
+    data: dict = {}
+    lines: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        source = p.name
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        text = p.read_text()
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{source}:{mark.line + 1}" if mark else source
+            raise ConfigError(f"{where} YAML syntax error: {getattr(e, 'problem', e)}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}:1 (top level): must be a mapping of sections")
+        lines = _line_map(node) if node is not None else {}
+    applied = {_apply_override(data, item): item for item in overrides or []}
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as e:
+        msgs = [_format(err, source, lines, applied) for err in e.errors()]
+        raise ConfigError("invalid config:\n  " + "\n  ".join(msgs)) from None
+    _check_paths(cfg, source, lines)
+    return cfg
+
+
+def check_model_dir(path: str | Path) -> str | None:
+    """Why `path` is not a loadable HF model dir with safetensors weights (None if it is).
+
+    Reads config.json and each safetensors header (cheap); never unpickles anything.
+    """
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_dir():
+        return f"no such directory '{p}'"
+    try:
+        json.loads((p / "config.json").read_text())
+    except FileNotFoundError:
+        return f"no config.json in '{p}' (not an HF model dir)"
+    except ValueError as e:
+        return f"config.json in '{p}' is not valid JSON: {e}"
+    weights = sorted(p.glob("*.safetensors"))
+    if not weights:
+        pickles = [f.name for f in p.glob("*.bin")] + [f.name for f in p.glob("*.pt")]
+        extra = f" (found {', '.join(pickles)}: pickles are never loaded)" if pickles else ""
+        return f"no *.safetensors weights in '{p}'{extra}"
+    for f in weights:
+        try:
+            with safe_open(str(f), framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                    handle.get_slice(key)
+        except Exception as e:
+            return f"'{f}' is not a valid safetensors file: {e}"
+        expected = _safetensors_size(f)
+        if expected != f.stat().st_size:
+            return f"'{f}' is truncated ({f.stat().st_size} of {expected} bytes)"
+    return None
+
+
+def _safetensors_size(path: Path) -> int:
+    """The file size a safetensors header promises: 8 + header + the largest data offset."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    return 8 + n + max(ends, default=0)
+
+
+def _check_paths(cfg: RunConfig, source: str, lines: dict) -> None:
+    dirs = [(("policy", "model_dir"), cfg.policy.model_dir)]
+    dirs += [(("reward", "model_dirs", i), d) for i, d in enumerate(cfg.reward.model_dirs or [])]
+    for loc, model_dir in dirs:
+        if model_dir is None:
+            continue
+        problem = check_model_dir(model_dir)
+        if problem:
+            where = lines.get(loc) or lines.get(loc[:2])
+            at = f"{source}:{where}" if where else source
+            dotted = ".".join(str(x) for x in loc)
+            raise ConfigError(f"invalid config:\n  {at} {dotted}: {problem}")

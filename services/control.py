@@ -1,0 +1,50 @@
+"""The named controller actor: desired replicas per role, and the driver's last status.
+
+`raylign scale --rollout N` and `raylign status` find it by name in the run's namespace and
+talk to it; the driver reconciles the fleet against it about once a second.
+"""
+
+from __future__ import annotations
+
+import ray
+
+CONTROLLER_NAME = "raylign-controller"
+
+
+class Controller:
+    def __init__(self, desired: dict[str, int]) -> None:
+        self.desired = dict(desired)
+        self.last_status: dict = {}
+
+    def set_replicas(self, role: str, n: int) -> dict[str, int]:
+        if role not in self.desired:
+            raise ValueError(f"unknown role '{role}' (valid: {', '.join(self.desired)})")
+        if n < 1:
+            raise ValueError(f"{role} replicas must be >= 1, got {n}")
+        self.desired[role] = n
+        return dict(self.desired)
+
+    def get_desired(self) -> dict[str, int]:
+        return dict(self.desired)
+
+    def report(self, status: dict) -> None:
+        self.last_status = status
+
+    def status(self) -> dict:
+        return {"desired": dict(self.desired), **self.last_status}
+
+
+def start_controller(desired: dict[str, int], namespace: str):
+    """Create the controller (named, in the run's namespace); fail if one already runs."""
+    actor = ray.remote(num_cpus=0)(Controller)
+    return actor.options(name=CONTROLLER_NAME, namespace=namespace).remote(desired)
+
+
+def find_controller(namespace: str):
+    try:
+        return ray.get_actor(CONTROLLER_NAME, namespace=namespace)
+    except ValueError:
+        raise RuntimeError(
+            f"no running raylign job in namespace '{namespace}' (controller "
+            f"'{CONTROLLER_NAME}' not found)"
+        ) from None

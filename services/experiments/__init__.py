@@ -1,0 +1,71 @@
+"""Experiments that test the claims raylign is built on (`raylign experiment NAME`).
+
+Each module has `TITLE`, `CLAIM` (claim and what the paper reported) and `run(ctx) -> dict`;
+`run_experiment` trains through `services.pipeline.train`, writes `<out>/<name>.json` and PNGs,
+and re-renders `results.md` from every JSON in `<out>` (docs/results.md for the default out).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+from pathlib import Path
+
+NAMES = ("overopt", "ensembles", "elastic", "soup", "together")
+DEFAULT_OUT = Path(__file__).resolve().parents[2] / "docs" / "results"
+
+
+def module(name: str):
+    if name not in NAMES:
+        raise ValueError(f"unknown experiment '{name}'; valid: {', '.join(NAMES)}")
+    return importlib.import_module(f"services.experiments.{name}")
+
+
+def doc_path(out: Path) -> Path:
+    """docs/results.md beside docs/results/, else <out>/results.md."""
+    out = Path(out)
+    return out.parent / "results.md" if out.resolve() == DEFAULT_OUT else out / "results.md"
+
+
+def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None,
+                   out: Path | None = None, runs: Path | None = None) -> dict:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import ray
+
+    from services.experiments.common import Ctx, finite, world
+    from services.experiments.report import render
+
+    mod = module(name)
+    out = Path(out) if out is not None else DEFAULT_OUT
+    seeds = seeds if seeds is not None else (1 if quick else 3)
+    runs = Path(runs) if runs is not None else Path("runs") / "experiments" / (
+        f"{name}-quick" if quick else name)
+    ctx = Ctx(name=name, quick=quick, seeds=seeds, out=out, runs=runs.resolve())
+    t0 = time.perf_counter()
+    try:
+        result = mod.run(ctx)  # starts Ray at its first run that is not cached
+    finally:
+        if ctx.ray_started:
+            ray.shutdown()
+    result.update(experiment=name, quick=quick, seeds=seeds, world=world(ctx).root.name,
+                  commit=_commit(),
+                  seconds=round(time.perf_counter() - t0, 1), run_seconds=ctx.timings,
+                  finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(finite(result), indent=1))
+    render(out, doc_path(out))
+    return result
+
+
+def _commit() -> str:
+    """HEAD's short hash, '+dirty' if the working tree has uncommitted changes."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True,
+                              cwd=DEFAULT_OUT.parents[1]).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain",
+                                                                  "-uno") else "")

@@ -1,0 +1,352 @@
+"""What every experiment shares: runs through `services.pipeline.train`, statistics, fits, plots.
+
+An experiment is a function `run(ctx) -> dict` (the result JSON). It trains its arms with
+`run_arm` (one `train(cfg)` per arm and seed, each with its own `name` under ctx.runs, metrics
+exporter off, checkpoint only at the end) and reads back the `metrics.jsonl` rows. A finished
+run whose config is unchanged is reused, so an interrupted experiment resumes arm by arm.
+
+Statistics: mean ± standard error over seeds (`mean_se`), percentile bootstrap 95% CIs
+(`bootstrap_ci`, 2000 resamples, fixed seed) for means and for differences of means.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "deploy/configs/tiny.yaml"
+MICRO = REPO / "deploy/configs/micro.yaml"
+QUICK_WORLDS = REPO / ".cache/test-worlds"  # the tests' micro world (tests/conftest.py)
+
+
+@dataclass
+class Ctx:
+    """Where and how big: one experiment invocation."""
+
+    name: str
+    quick: bool  # micro world, a few steps: an integration test of the command
+    seeds: int
+    out: Path  # JSON + PNG of this experiment
+    runs: Path  # run dirs (RUN_DIR = runs/<name>)
+    log: Callable[[str], None] = print
+    timings: dict[str, float] = field(default_factory=dict)
+    ray_started: bool = False  # Ray started by run_arm (shut down by run_experiment)
+
+    @property
+    def label(self) -> str:
+        return "micro world (quick)" if self.quick else "tiny world"
+
+    @property
+    def config_path(self) -> Path:
+        return MICRO if self.quick else TINY
+
+    def size(self, quick, full):
+        return quick if self.quick else full
+
+
+def base_overrides(ctx: Ctx) -> list[str]:
+    """Set for every experiment run. Everything an arm compares is set explicitly by the arm;
+    these switch off what the tiny.yaml demo turns on (Elastic Reset, uwo) so that arms start
+    from plain PPO, make runs synchronous (max_staleness 0: a batch's gold, KL and drift all
+    belong to one policy version) and skip the exporter and intermediate checkpoints."""
+    out = [f"run_dir={ctx.runs}", "metrics.enabled=false", "checkpoint.every=0",
+           "rollout.max_staleness=0", "learner.elastic_reset.enabled=false",
+           "reward.aggregation=single", "learner.kl.reference=init", "learner.kl.adaptive=false",
+           "policy.init=sft", "reward.gold_eval=true"]
+    if ctx.quick:
+        out += [f"task.cache_dir={QUICK_WORLDS}", "learner.eval_every=1"]
+    return out
+
+
+def load_cfg(ctx: Ctx, overrides: Sequence[str]):
+    from services.config import load_config
+
+    return load_config(ctx.config_path, [*base_overrides(ctx), *overrides])
+
+
+def world(ctx: Ctx):
+    from services.tasks.tiny_world import prepare
+
+    return prepare(load_cfg(ctx, []).task)
+
+
+def read_rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def run_arm(ctx: Ctx, arm: str, seed: int, overrides: Sequence[str]) -> list[dict]:
+    """Train one arm with one seed through `services.pipeline.train`; the metrics rows."""
+    import time
+
+    from services.pipeline import train
+
+    cfg = load_cfg(ctx, [*overrides, f"name={ctx.name}-{arm}-s{seed}", f"seed={seed}"])
+    run_dir = cfg.path
+    wanted = cfg.model_dump(mode="json")
+    done = run_dir / "summary.json"
+    same = (done.is_file() and (run_dir / "config.json").is_file()
+            and json.loads((run_dir / "config.json").read_text()) == wanted)
+    if same:
+        rows = read_rows(run_dir)
+        if len(rows) == cfg.learner.steps:
+            ctx.log(f"[{ctx.name}] {arm} seed {seed}: reusing {run_dir}")
+            ctx.timings[f"{arm}/s{seed}"] = round(json.loads(done.read_text())["seconds"], 1)
+            return rows
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # metrics.jsonl is appended to: never mix two runs
+    from services.pipeline import init_ray
+
+    ctx.ray_started |= init_ray(cfg)  # one Ray for every run (train() reuses it)
+    t0 = time.perf_counter()
+    summary = train(cfg)
+    ctx.timings[f"{arm}/s{seed}"] = round(time.perf_counter() - t0, 1)
+    rows = read_rows(run_dir)
+    ctx.log(f"[{ctx.name}] {arm} seed {seed}: {summary['steps']} steps in "
+            f"{ctx.timings[f'{arm}/s{seed}']:.0f}s, final gold "
+            f"{rows[-1].get('reward/gold', math.nan):.3f}")
+    return rows
+
+
+def run_arms(ctx: Ctx, arms: dict[str, list[str]]) -> dict[str, list[list[dict]]]:
+    """{arm: [rows of seed 0, rows of seed 1, ...]}, seeds outermost so that a cut-short
+    experiment has every arm at the lower seeds."""
+    out: dict[str, list[list[dict]]] = {a: [] for a in arms}
+    for seed in range(ctx.seeds):
+        for arm, overrides in arms.items():
+            out[arm].append(run_arm(ctx, arm, seed, overrides))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Curves and statistics
+# ---------------------------------------------------------------------------------------------
+
+
+def series(rows: list[dict], key: str) -> list[tuple[int, float]]:
+    """(step, value) for the rows that have `key` (drift keys exist every eval_every steps)."""
+    return [(r["step"], float(r[key])) for r in rows if key in r and not r.get("skipped")]
+
+
+def column(rows: list[dict], key: str) -> list[float]:
+    return [v for _, v in series(rows, key)]
+
+
+def window_mean(rows: list[dict], key: str, end_step: int, width: int) -> float:
+    """Mean of `key` over steps end_step - width + 1 .. end_step."""
+    vals = [v for s, v in series(rows, key) if end_step - width < s <= end_step]
+    return statistics.fmean(vals) if vals else math.nan
+
+
+def mean_se(xs: Sequence[float]) -> tuple[float, float]:
+    xs = [x for x in xs if x == x]
+    if not xs:
+        return math.nan, math.nan
+    m = statistics.fmean(xs)
+    se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else math.nan
+    return m, se
+
+
+def bootstrap_ci(xs: Sequence[float], n: int = 2000, seed: int = 0,
+                 stat: Callable[[Sequence[float]], float] = statistics.fmean
+                 ) -> tuple[float, float]:
+    """Percentile bootstrap 95% CI of `stat` over `xs`."""
+    xs = [x for x in xs if x == x]
+    if len(xs) < 2:
+        return math.nan, math.nan
+    rng = random.Random(seed)
+    reps = sorted(stat(rng.choices(xs, k=len(xs))) for _ in range(n))
+    return reps[int(0.025 * n)], reps[int(0.975 * n) - 1]
+
+
+def bootstrap_diff_ci(a: Sequence[float], b: Sequence[float], n: int = 2000, seed: int = 0
+                      ) -> tuple[float, float]:
+    """Percentile bootstrap 95% CI of mean(a) - mean(b), resampling each group (NaN with fewer
+    than 2 values in a group: one seed gives no interval)."""
+    a, b = [x for x in a if x == x], [x for x in b if x == x]
+    if len(a) < 2 or len(b) < 2:
+        return math.nan, math.nan
+    rng = random.Random(seed)
+    reps = sorted(statistics.fmean(rng.choices(a, k=len(a)))
+                  - statistics.fmean(rng.choices(b, k=len(b))) for _ in range(n))
+    return reps[int(0.025 * n)], reps[int(0.975 * n) - 1]
+
+
+def fmt(m: float, se: float | None = None, digits: int = 3) -> str:
+    if m != m:
+        return "n/a"
+    if se is None or se != se:
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {se:.{digits}f}"
+
+
+def fmt_ci(lo: float, hi: float, digits: int = 3) -> str:
+    return "n/a" if lo != lo else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def least_squares(features: list[list[float]], y: list[float]) -> tuple[list[float], float]:
+    """Coefficients of y ~ sum_j c_j f_j (no intercept) and R^2 = 1 - SS_res / SS_tot."""
+    import numpy as np
+
+    x, yv = np.asarray(features, dtype=float), np.asarray(y, dtype=float)
+    if len(yv) < x.shape[1] + 1:
+        return [math.nan] * x.shape[1], math.nan
+    coef, *_ = np.linalg.lstsq(x, yv, rcond=None)
+    resid = yv - x @ coef
+    ss_tot = float(((yv - yv.mean()) ** 2).sum())
+    r2 = 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else math.nan
+    return [float(c) for c in coef], r2
+
+
+def fit_rl(d: list[float], r: list[float]) -> dict:
+    """Gao et al.'s RL form R(d) = d (alpha - beta log d); d = 0 contributes R = 0."""
+    feats = [[x, -x * math.log(x) if x > 0 else 0.0] for x in d]
+    (alpha, beta), r2 = least_squares(feats, r)
+    return {"form": "d*(alpha - beta*log d)", "alpha": alpha, "beta": beta, "r2": r2,
+            "points": len(d)}
+
+
+def fit_bon(d: list[float], r: list[float]) -> dict:
+    """Gao et al.'s best-of-n form R(d) = d (alpha - beta d)."""
+    (alpha, beta), r2 = least_squares([[x, -x * x] for x in d], r)
+    return {"form": "d*(alpha - beta*d)", "alpha": alpha, "beta": beta, "r2": r2,
+            "points": len(d)}
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Non-dominated (drift, reward) points: lower drift and higher reward are better."""
+    front, best = [], -math.inf
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
+
+
+def dominated_share(points: list[tuple[float, float]], others: list[tuple[float, float]]
+                    ) -> float:
+    """Fraction of `points` that some point of `others` strictly dominates."""
+    if not points:
+        return math.nan
+    hit = sum(any(ox <= x and oy >= y and (ox < x or oy > y) for ox, oy in others)
+              for x, y in points)
+    return hit / len(points)
+
+
+# ---------------------------------------------------------------------------------------------
+# Best-of-n samples from the SFT policy (in-process transformers generate)
+# ---------------------------------------------------------------------------------------------
+
+
+def bon_samples(ctx: Ctx, n_prompts: int, n_per_prompt: int, seed: int = 0) -> dict:
+    """N completions per held-out prompt from SFT model 0, scored by every proxy member and by
+    gold. {"prompts", "member": [K][P][N], "gold": [P][N]}; cached under ctx.runs."""
+    import torch
+
+    from services.tasks.models import sample_completions
+    from services.tasks.tiny_world import RewardScorer, gold_score, load_policy
+
+    w = world(ctx)
+    cache = ctx.runs / f"bon-{w.root.name}-{n_prompts}x{n_per_prompt}-s{seed}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    cfg = load_cfg(ctx, [])
+    prompts = w.eval_prompts[:n_prompts]
+    model, tok = load_policy(w.sft_dirs[0])
+    torch.manual_seed(seed)
+    flat = [p for p in prompts for _ in range(n_per_prompt)]
+    comps = sample_completions(model, tok, flat, cfg.rollout.sampling.max_new_tokens,
+                               batch_size=256)
+    gold = gold_score(flat, comps)
+    members = []
+    for d in w.rm_dirs:
+        members.append(RewardScorer(d).score(flat, comps, batch_size=128))
+
+    def split(xs):
+        return [xs[i * n_per_prompt:(i + 1) * n_per_prompt] for i in range(len(prompts))]
+
+    data = {"prompts": prompts, "member": [split(m) for m in members], "gold": split(gold),
+            "examples": comps[:4]}
+    ctx.runs.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(data))
+    return data
+
+
+def bon_curve(proxy: list[list[float]], gold: list[list[float]], ns: list[int]) -> dict:
+    """Per n: the order-statistics estimate of proxy and gold of the proxy-best of n, averaged
+    over prompts, re-centred so n = 1 scores 0; d = sqrt(kl_bon(n)). Per-prompt values kept
+    for bootstrap CIs."""
+    from learner.ensemble import best_of_n, kl_bon
+
+    per_prompt_gold = [[best_of_n(p, n, g) for n in ns] for p, g in zip(proxy, gold)]
+    per_prompt_proxy = [[best_of_n(p, n) for n in ns] for p in proxy]
+    g0 = statistics.fmean(row[0] for row in per_prompt_gold) if ns[0] == 1 else 0.0
+    p0 = statistics.fmean(row[0] for row in per_prompt_proxy) if ns[0] == 1 else 0.0
+    gold_n = [statistics.fmean(row[i] for row in per_prompt_gold) - g0 for i in range(len(ns))]
+    proxy_n = [statistics.fmean(row[i] for row in per_prompt_proxy) - p0 for i in range(len(ns))]
+    return {"n": ns, "d": [math.sqrt(kl_bon(n)) for n in ns], "gold": gold_n, "proxy": proxy_n,
+            "gold_at_n1": g0, "proxy_at_n1": p0, "per_prompt_gold": per_prompt_gold}
+
+
+def aggregate_scores(member: list[list[list[float]]], how: str, uwo_lambda: float = 0.5,
+                     ddof: int = 0) -> list[list[float]]:
+    """[K][P][N] member scores -> [P][N] with learner.ensemble.aggregate."""
+    import torch
+
+    from learner.ensemble import aggregate
+
+    t = torch.tensor(member, dtype=torch.float64)  # (K, P, N)
+    k, p, n = t.shape
+    agg = aggregate(t.reshape(k, p * n), how, uwo_lambda=uwo_lambda, ddof=ddof)
+    return agg.reshape(p, n).tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots and files
+# ---------------------------------------------------------------------------------------------
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_fig(fig, ctx: Ctx, stem: str) -> str:
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    path = ctx.out / f"{ctx.name}_{stem}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path.name
+
+
+def mean_curve(runs: list[list[dict]], key: str) -> tuple[list[int], list[float], list[float]]:
+    """Steps, mean and s.e. over seeds of `key` (steps present in every seed)."""
+    per = [dict(series(r, key)) for r in runs]
+    steps = sorted(set.intersection(*(set(p) for p in per))) if per else []
+    ms, ses = zip(*(mean_se([p[s] for p in per]) for s in steps)) if steps else ((), ())
+    return steps, list(ms), list(ses)
+
+
+def finite(obj):
+    """JSON-safe: NaN/inf -> None, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj

@@ -1,0 +1,97 @@
+"""Render results.md from the experiments' JSON files: the claims table, then one section each.
+
+An experiment without a JSON is listed as "not run in this session"; a JSON from a `--quick`
+run is marked as such (its numbers say nothing about the claim). `<out>/NOTES.md`, if present,
+is a hand-written reading of the numbers placed after the table.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+
+HEADER = """# Results: do the claims raylign is built on hold in the tiny world?
+
+Every number below comes from `raylign experiment NAME` (`make exp-NAME`), which trains each
+arm through `raylign train` (`services.pipeline.train`) on the tiny world
+(`deploy/configs/tiny.yaml`, with the overrides listed per experiment) and writes
+`docs/results/NAME.json` (all points, fits, per-run timings) and the plots beside it.
+Statistics: mean ± standard error over seeds, or a percentile bootstrap 95% CI (2000
+resamples). Each verdict rule was written into the experiment module before it ran; a claim
+that did not reproduce is reported as such. Gold = the tiny world's oracle reward (VADER
+compound × fluency); proxy = the learned reward model(s).
+"""
+
+
+def render(out: Path, doc: Path) -> None:
+    from services.experiments import NAMES
+
+    results = {}
+    for name in NAMES:
+        path = Path(out) / f"{name}.json"
+        if path.is_file():
+            results[name] = json.loads(path.read_text())
+    rel = os.path.relpath(Path(out).resolve(), Path(doc).resolve().parent)
+    lines = [HEADER, "| experiment | claim | setting | paper reported | we measured | verdict |",
+             "|---|---|---|---|---|---|"]
+    for name in NAMES:
+        mod = importlib.import_module(f"services.experiments.{name}")
+        res = results.get(name)
+        if res is None:
+            lines.append(f"| [{name}](#{name}) | {mod.CLAIM['claim']} | — | "
+                         f"{mod.CLAIM['paper']} | not run in this session | not run |")
+            continue
+        for c in res["claims"]:
+            verdict = c["verdict"] + (" (quick run: no evidence)" if res.get("quick") else "")
+            lines.append(f"| [{name}](#{name}) | {c['claim']} | {c['setting']} | {c['paper']} "
+                         f"| {c['measured']} | **{verdict}** |")
+    notes = Path(out) / "NOTES.md"  # hand-written reading of the numbers, if any
+    if notes.is_file():
+        lines += ["", notes.read_text().strip()]
+    for name in NAMES:
+        mod = importlib.import_module(f"services.experiments.{name}")
+        res = results.get(name)
+        lines += ["", f"## {name}", "", f"**{mod.TITLE}**: `raylign experiment {name}`", ""]
+        if res is None:
+            lines.append("Not run in this session: no results. The command and its default "
+                         "size are ready (see the module docstring of "
+                         f"`services/experiments/{name}.py`).")
+            continue
+        if res.get("quick"):
+            lines.append("*Quick run (micro world, a few steps): checks the command only.*\n")
+        train_min = sum((res.get("run_seconds") or {}).values()) / 60
+        lines.append(f"Seeds: {res['seeds']}; {len(res.get('run_seconds') or {})} training runs "
+                     f"({train_min:.1f} min of training); this invocation "
+                     f"{res['seconds'] / 60:.1f} min (finished {res.get('finished', '?')}; "
+                     f"world `{res.get('world', '?')}`, "
+                     f"commit `{res.get('commit', '?')}`).\n")
+        lines.append(res["section"])
+        facts = _world_facts(res.get("world"))
+        if facts:
+            lines += ["", facts]
+        for p in res.get("plots", []):
+            lines += ["", f"![{name}]({rel}/{p})"]
+    Path(doc).parent.mkdir(parents=True, exist_ok=True)
+    Path(doc).write_text("\n".join(lines) + "\n")
+
+
+def _world_facts(key: str | None) -> str:
+    """A line on the world the runs used (from its build summary, if it is in the cache)."""
+    from services.experiments.common import QUICK_WORLDS, REPO
+
+    if not key:
+        return ""
+    for root in (REPO / ".cache/raylign", QUICK_WORLDS):
+        path = root / key / "summary.json"
+        if path.is_file():
+            s = json.loads(path.read_text())
+            rm, probe = s["reward_models"], s["probe"]
+            acc = ", ".join(f"{a:.3f}" for a in rm["heldout_accuracy_clean"])
+            return (f"World `{key}`: proxy RMs' held-out accuracy on clean gold labels {acc}; "
+                    f"SFT samples' mean gold {s['sft']['mean_gold_of_samples']:.3f}; probe "
+                    f"\"{probe['spam'].strip()}\": gold {probe['gold']['spam']:.2f}, mean proxy "
+                    f"{probe['mean_proxy']['spam']:.2f} (fluent review: gold "
+                    f"{probe['gold']['fluent']:.2f}, proxy {probe['mean_proxy']['fluent']:.2f}).")
+    return ""

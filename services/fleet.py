@@ -1,0 +1,85 @@
+"""ActorGroup: the actors of one role, scaled up or down while a run goes on.
+
+New members are started (and handed the current weights by `on_start`) before they get work;
+members scaled away stop receiving work and are killed once their in-flight calls finished,
+so nothing is lost. Restarts by Ray (`max_restarts`) keep the handle; the driver counts them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import ray
+
+
+@dataclass
+class Member:
+    name: str
+    handle: ray.actor.ActorHandle
+    inflight: int = 0
+    draining: bool = False
+    failures: int = 0  # consecutive failures; reset by a success
+    retry_at: float = 0.0  # after a failure: no work before this time (Ray is restarting it)
+    needs_weights: bool = False  # restarted: hand it the current weights before new work
+
+    def failed(self) -> bool:
+        """Note a failure; back off exponentially (0.5 s, 1 s, ... 10 s). True if it was the
+        first failure in a row (a new fault, rather than the same restart still under way)."""
+        self.failures += 1
+        self.retry_at = time.monotonic() + min(10.0, 0.5 * 2 ** (self.failures - 1))
+        self.needs_weights = True
+        return self.failures == 1
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+
+class ActorGroup:
+    def __init__(
+        self,
+        role: str,
+        make: Callable[[str], ray.actor.ActorHandle],
+        on_start: Callable[[Member], None] | None = None,
+    ) -> None:
+        self.role = role
+        self._make = make
+        self._on_start = on_start
+        self._ids = itertools.count()
+        self.members: dict[str, Member] = {}
+
+    def active(self) -> list[Member]:
+        return [m for m in self.members.values() if not m.draining]
+
+    def scale_to(self, n: int) -> None:
+        active = self.active()
+        for _ in range(n - len(active)):
+            name = f"{self.role}-{next(self._ids)}"
+            member = Member(name, self._make(name))
+            self.members[name] = member
+            if self._on_start is not None:
+                self._on_start(member)
+        for member in sorted(active, key=lambda m: m.name)[n:] if n < len(active) else []:
+            member.draining = True  # `reap` kills it once its in-flight calls are done
+
+    def pick(self, cap: int) -> Member | None:
+        """The least-loaded active member with fewer than `cap` calls in flight (members
+        backing off after a failure are skipped)."""
+        now = time.monotonic()
+        free = [m for m in self.active() if m.inflight < cap and m.retry_at <= now]
+        return min(free, key=lambda m: (m.inflight, m.name)) if free else None
+
+    def reap(self) -> list[str]:
+        """Kill drained members (no calls in flight); returns their names."""
+        done = [m for m in self.members.values() if m.draining and m.inflight == 0]
+        for m in done:
+            ray.kill(m.handle, no_restart=True)
+            del self.members[m.name]
+        return [m.name for m in done]
+
+    def shutdown(self) -> None:
+        for m in self.members.values():
+            ray.kill(m.handle, no_restart=True)
+        self.members.clear()

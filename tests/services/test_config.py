@@ -1,0 +1,134 @@
+"""Config loading: every class of error names the file, the line and the field."""
+
+from pathlib import Path
+
+import pytest
+
+from services.config import ConfigError, RunConfig, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def error_of(path, overrides=None) -> str:
+    with pytest.raises(ConfigError) as e:
+        load_config(path, overrides)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "deploy/configs").glob("*.yaml")))
+def test_shipped_configs_load(name):
+    cfg = load_config(REPO / "deploy/configs" / name)
+    assert isinstance(cfg, RunConfig)
+
+
+def test_out_of_range_names_file_line_and_field(tmp_path):
+    path = write(tmp_path, "name: x\nlearner:\n  lr: 1.0e-4\n  elastic_reset:\n"
+                           "    ema_decay: 1.5\n")
+    assert "run.yaml:5 learner.elastic_reset.ema_decay: must be < 1.0, got 1.5" in error_of(path)
+
+
+def test_unknown_key_suggests_the_close_one(tmp_path):
+    path = write(tmp_path, "learner:\n  ppo_epoch: 3\n")
+    assert "run.yaml:2 learner.ppo_epoch: unknown key (did you mean 'ppo_epochs'?)" in error_of(
+        path)
+
+
+def test_unknown_key_without_close_match_lists_valid_keys(tmp_path):
+    msg = error_of(write(tmp_path, "metrics:\n  zzz: 1\n"))
+    assert "run.yaml:2 metrics.zzz: unknown key; valid keys: enabled, host, port" in msg
+
+
+def test_wrong_type(tmp_path):
+    msg = error_of(write(tmp_path, "rollout:\n  replicas: many\n"))
+    assert "run.yaml:2 rollout.replicas:" in msg and "valid integer" in msg and "'many'" in msg
+
+
+def test_unknown_enum_value(tmp_path):
+    msg = error_of(write(tmp_path, "reward:\n  aggregation: median\n"))
+    assert "run.yaml:2 reward.aggregation: must be one of" in msg and "'median'" in msg
+
+
+def test_yaml_syntax_error_has_a_line(tmp_path):
+    msg = error_of(write(tmp_path, "learner:\n  lr: [1, 2\nrollout: {}\n"))
+    assert msg.startswith("run.yaml:3 YAML syntax error")
+
+
+def test_missing_file():
+    assert "config file not found" in error_of("/nonexistent/run.yaml")
+
+
+def test_missing_model_dir_path(tmp_path):
+    msg = error_of(write(tmp_path, "policy:\n  model_dir: /no/such/model\n"))
+    assert "run.yaml:2 policy.model_dir: no such directory '/no/such/model'" in msg
+
+
+def test_cross_field_minibatch_must_divide(tmp_path):
+    msg = error_of(write(tmp_path, "learner:\n  samples_per_step: 10\n  minibatch_size: 4\n"))
+    assert "run.yaml:1 learner:" in msg
+    assert "minibatch_size (4) must divide samples_per_step (10)" in msg
+
+
+def test_cross_field_worst_case_needs_two_members(tmp_path):
+    msg = error_of(write(tmp_path, "reward:\n  aggregation: min\n  members: 1\n"))
+    assert "needs at least 2 members, got 1" in msg
+
+
+def test_overrides_apply_and_are_validated(tmp_path):
+    cfg = load_config(REPO / "deploy/configs/tiny.yaml", ["learner.lr=3e-5", "rollout.replicas=3"])
+    assert cfg.learner.lr == 3e-5 and cfg.rollout.replicas == 3
+    msg = error_of(REPO / "deploy/configs/tiny.yaml", ["learner.kl.coef=-1"])
+    assert "override 'learner.kl.coef=-1': learner.kl.coef: must be >= 0" in msg
+    assert "expected dotted.key=value" in error_of(None, ["learner.lr"])
+
+
+def test_every_error_reported_at_once(tmp_path):
+    msg = error_of(write(tmp_path, "rollout:\n  engine: gpu\n  replicas: -1\n"))
+    assert "run.yaml:2 rollout.engine" in msg and "run.yaml:3 rollout.replicas" in msg
+
+
+def test_digest_is_stable_and_sensitive():
+    a, b = load_config(None), load_config(None)
+    assert a.digest() == b.digest()
+    assert load_config(None, ["seed=1"]).digest() != a.digest()
+
+
+def _model_dir(tmp_path, name="m"):
+    import torch
+    from safetensors.torch import save_file
+
+    d = tmp_path / name
+    d.mkdir()
+    (d / "config.json").write_text('{"model_type": "llama"}')
+    save_file({"w": torch.arange(64, dtype=torch.float32)}, str(d / "model.safetensors"))
+    return d
+
+
+def test_model_dir_checks(tmp_path):
+    good = _model_dir(tmp_path)
+    assert load_config(None, [f"policy.model_dir={good}"]).policy.model_dir == str(good)
+
+    pickled = _model_dir(tmp_path, "pickled")
+    (pickled / "model.safetensors").unlink()
+    (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
+    msg = error_of(None, [f"policy.model_dir={pickled}"])
+    assert "no *.safetensors weights" in msg
+    assert "pytorch_model.bin: pickles are never loaded" in msg
+
+    truncated = _model_dir(tmp_path, "truncated")
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[:-10])
+    msg = error_of(None, [f"reward.model_dirs=[{good}, {truncated}]"])
+    assert "reward.model_dirs.1:" in msg and "model.safetensors" in msg
+
+    garbage = _model_dir(tmp_path, "garbage")
+    (garbage / "model.safetensors").write_bytes(b"\x00" * 5)
+    assert "not a valid safetensors file" in error_of(None, [f"policy.model_dir={garbage}"])
+
+    (garbage / "config.json").write_text("{broken")
+    assert "config.json in" in error_of(None, [f"policy.model_dir={garbage}"])

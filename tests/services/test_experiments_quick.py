@@ -1,0 +1,71 @@
+"""`raylign experiment NAME --quick`: the command end to end on the micro world (real local Ray).
+
+Quick runs (1 seed, a few steps) check that the command trains through the pipeline and writes
+finite, well-formed JSON, PNGs and results.md; they assert nothing about the claims.
+`overopt` runs in the default suite; the others (more arms) are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from services.cli import main
+
+KEYS = {"experiment", "title", "claims", "section", "plots", "sizes", "data", "seeds",
+        "quick", "seconds"}
+VERDICTS = {"held", "partly", "not reproduced"}
+
+
+def numbers(obj):
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, int | float):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from numbers(v)
+
+
+def run_quick(name, tmp_path, monkeypatch) -> dict:
+    monkeypatch.chdir(tmp_path)  # run dirs go under tmp_path/runs
+    out = tmp_path / "out"
+    assert main(["experiment", name, "--quick", "--seeds", "1", "--out", str(out)]) == 0
+    result = json.loads((out / f"{name}.json").read_text())
+    assert set(result) >= KEYS and result["experiment"] == name and result["quick"]
+    assert result["claims"] and all(c["verdict"] in VERDICTS for c in result["claims"])
+    for c in result["claims"]:
+        assert {"claim", "setting", "paper", "measured"} <= set(c)
+    for p in result["plots"]:
+        assert (out / p).stat().st_size > 1000, p
+    vals = list(numbers(result["data"]))
+    assert vals and all(math.isfinite(v) for v in vals)  # NaN/inf would be null in the JSON
+    doc = (out / "results.md").read_text()
+    assert f"## {name}" in doc and "quick run" in doc.lower()
+    assert "not run in this session" in doc  # the other experiments are listed, not invented
+    return result
+
+
+def test_overopt_quick(ray_session, micro_world, tmp_path, monkeypatch):
+    result = run_quick("overopt", tmp_path, monkeypatch)
+    data = result["data"]
+    assert len(data["ppo"]) == 1 and len(data["ppo"][0]["d"]) == result["sizes"]["steps"]
+    assert data["bon"]["n"][0] == 1 and data["bon"]["gold"][0] == 0.0  # re-centred
+    assert data["rl_fit"]["form"].startswith("d*") and data["bon_fit"]["points"] >= 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ensembles", "elastic", "soup", "together"])
+def test_experiment_quick(ray_session, micro_world, tmp_path, monkeypatch, name):
+    run_quick(name, tmp_path, monkeypatch)
+
+
+def test_unknown_experiment_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["experiment", "nope"])
+    assert "invalid choice" in capsys.readouterr().err

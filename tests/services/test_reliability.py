@@ -1,0 +1,151 @@
+"""Faults on a real local Ray with the micro world: nothing lost, nothing duplicated."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from safetensors.torch import load_file, save_file
+
+from services.checkpoint import latest_valid
+from services.pipeline import train
+from tests.services.test_pipeline import micro, rows
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _pid(cfg, role: str) -> int:
+    handle = ray.get_actor(f"{cfg.name}:{role}", namespace=cfg.cluster.namespace)
+    return ray.get(handle.info.remote())["pid"]
+
+
+def _wait_for_steps(cfg, n: int, timeout: float = 300) -> None:
+    path = cfg.path / "metrics.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.is_file() and len(path.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no {n} steps in {path} after {timeout}s")
+
+
+def test_kill_rollout_worker_and_reward_actor_mid_run(ray_session, micro_world, tmp_path):
+    cfg = micro(tmp_path, "learner.steps=8", "checkpoint.every=0")
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(summary=train(cfg)))
+    thread.start()
+    _wait_for_steps(cfg, 1)
+    os.kill(_pid(cfg, "rollout-0"), signal.SIGKILL)
+    _wait_for_steps(cfg, 3)
+    os.kill(_pid(cfg, "reward1-0"), signal.SIGKILL)
+    thread.join(timeout=600)
+    summary = result["summary"]
+    assert summary["steps"] == 8
+    assert summary["restarts"].get("rollout", 0) >= 1
+    assert summary["restarts"].get("reward", 0) >= 1
+    ledger = summary["ledger"]  # balanced (train() checks), every step full
+    assert ledger["trained"] == 8 * cfg.learner.samples_per_step
+    assert all(r["rollout/staleness_max"] <= cfg.rollout.max_staleness for r in rows(cfg))
+
+
+def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(ckpt / "learner" / "state.safetensors"))
+
+
+def test_sigterm_then_resume_matches_an_uninterrupted_run(ray_session, micro_world, tmp_path):
+    deterministic = ["learner.steps=6", "rollout.max_staleness=0", "rollout.engine=hf",
+                     "rollout.replicas=1", "checkpoint.every=1"]
+    straight = micro(tmp_path / "a", *deterministic)
+    assert train(straight)["steps"] == 6
+
+    # The same run in a real `raylign train` process, SIGTERMed after step 2, then resumed.
+    args = ["deploy/configs/micro.yaml", f"run_dir={tmp_path / 'b'}",
+            f"task.cache_dir={micro_world.root.parent}", *deterministic]
+    interrupted = micro(tmp_path / "b", *deterministic)
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "train", "--config", *args],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        _wait_for_steps(interrupted, 2)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out[-3000:]
+    summary = json.loads((interrupted.path / "summary.json").read_text())
+    assert summary["interrupted"] and 2 <= summary["steps"] < 6, summary
+
+    resumed = train(interrupted, resume=True)
+    assert resumed["steps"] == 6 and not resumed["interrupted"]
+    assert resumed["ledger"]["trained"] == 6 * straight.learner.samples_per_step
+    a, b = _weights(latest_valid(straight.path)), _weights(latest_valid(interrupted.path))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(ray_session, micro_world, tmp_path):
+    cfg = micro(tmp_path, "learner.steps=3", "checkpoint.every=1", "checkpoint.keep=3")
+    train(cfg)
+    newest = latest_valid(cfg.path)
+    assert newest is not None and newest.name == "step-000003"
+    state = newest / "learner" / "state.safetensors"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # a crash mid-write
+    assert latest_valid(cfg.path).name == "step-000002"
+    resumed = train(micro(tmp_path, "learner.steps=4", "checkpoint.every=1",
+                          "checkpoint.keep=3"), resume=True)
+    assert resumed["steps"] == 4
+    steps = [r["step"] for r in rows(cfg)]
+    assert steps == [1, 2, 3, 3, 4]  # the log shows the redone step 3
+
+
+def test_nonfinite_rewards_are_quarantined(ray_session, micro_world, tmp_path):
+    """A reward model whose embedding row for one frequent token is NaN scores NaN on every
+    sample containing it: those samples are dropped (counted), the rest train normally."""
+    from transformers import AutoTokenizer
+
+    poisoned = tmp_path / "rm-nan"
+    shutil.copytree(micro_world.rm_dirs[0], poisoned)
+    weights = load_file(str(poisoned / "model.safetensors"))
+    key = next(k for k in weights if k.endswith("embed_tokens.weight"))
+    tok = AutoTokenizer.from_pretrained(micro_world.tokenizer_dir)
+    token = tok(" was", add_special_tokens=False)["input_ids"][0]
+    weights[key][token] = float("nan")
+    save_file(weights, str(poisoned / "model.safetensors"), metadata={"format": "pt"})
+    dirs = [str(poisoned), *[str(d) for d in micro_world.rm_dirs[1:]]]
+    cfg = micro(tmp_path, "learner.steps=3", f"reward.model_dirs=[{', '.join(dirs)}]")
+    summary = train(cfg)
+    assert summary["steps"] == 3
+    dropped = summary["ledger"].get("dropped:nonfinite_reward", 0)
+    assert dropped > 0
+    assert summary["ledger"]["trained"] == 3 * cfg.learner.samples_per_step
+    for r in rows(cfg):
+        assert r["loss/policy"] == r["loss/policy"] and r["reward/proxy"] == r["reward/proxy"]
+
+
+@pytest.mark.parametrize("problem", ["missing", "pickle"])
+def test_bad_model_dir_fails_before_ray_starts(tmp_path, problem):
+    model = tmp_path / "model"
+    if problem == "pickle":
+        model.mkdir()
+        (model / "config.json").write_text("{}")
+        (model / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli", "train", "--config", "deploy/configs/micro.yaml",
+         f"policy.model_dir={model}", f"run_dir={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "policy.model_dir:" in proc.stderr
+    assert "Started a local Ray instance" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "micro").exists()  # nothing started, nothing written

@@ -1,0 +1,45 @@
+"""`python -m benchmarks --quick` on the micro world: the run completes and writes well-formed
+results (JSON with finite numbers, a markdown table). No timing assertions: on shared CPUs the
+figures are whatever they are."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def _numbers(x):
+    if isinstance(x, bool):
+        return
+    if isinstance(x, (int, float)):
+        yield x
+    elif isinstance(x, dict):
+        for v in x.values():
+            yield from _numbers(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from _numbers(v)
+
+
+def test_quick_benchmarks(micro_world, tmp_path):
+    md = tmp_path / "bench.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path),
+         "--markdown", str(md)],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [path] = tmp_path.glob("*-quick.json")
+    res = json.loads(path.read_text())
+    assert not res["errors"]
+    assert set(res["figures"]) == {"rollout", "broadcast", "learner", "overlap", "memory"}
+    assert all(math.isfinite(x) for x in _numbers(res["figures"]))
+    assert res["figures"]["rollout"]["by_workers"]["1"]["ratio"]["n"] == 2
+    assert set(res["figures"]["memory"]["peak_rss_mib"]) >= {
+        "rollout worker", "reward member", "learner", "driver"}
+    text = md.read_text()
+    assert "| figure | ratio" in text and "1. rollout efficiency, N=1" in text
+    assert "4. overlap" in text and "5. Peak RSS" in text
