@@ -2,7 +2,9 @@
 
 New members are started (and handed the current weights by `on_start`) before they get work;
 members scaled away stop receiving work and are killed once their in-flight calls finished,
-so nothing is lost. Restarts by Ray (`max_restarts`) keep the handle; the driver counts them.
+so nothing is lost. Restarts by Ray (`max_restarts`) keep the handle; the driver probes each
+member's process id about once a second and counts a restart when it changes (so a restart of
+an idle actor, which no call ever sees fail, is counted too).
 """
 
 from __future__ import annotations
@@ -24,14 +26,25 @@ class Member:
     failures: int = 0  # consecutive failures; reset by a success
     retry_at: float = 0.0  # after a failure: no work before this time (Ray is restarting it)
     needs_weights: bool = False  # restarted: hand it the current weights before new work
+    pid: int | None = None  # the process last seen by a probe (a new pid = a restart)
+    probing: bool = False  # a probe (`info()`) is in flight
+    probed_at: float = 0.0
 
     def failed(self) -> bool:
-        """Note a failure; back off exponentially (0.5 s, 1 s, ... 10 s). True if it was the
-        first failure in a row (a new fault, rather than the same restart still under way)."""
+        """Note a failed call; back off exponentially (0.5 s, 1 s, ... 10 s). True if it was
+        the first failure in a row (a new fault, rather than the same restart under way)."""
         self.failures += 1
         self.retry_at = time.monotonic() + min(10.0, 0.5 * 2 ** (self.failures - 1))
         self.needs_weights = True
         return self.failures == 1
+
+    def probed(self, pid: int) -> bool:
+        """Note a probe's answer; True if the process changed (Ray restarted the actor)."""
+        restarted = self.pid is not None and pid != self.pid
+        self.pid = pid
+        if restarted:
+            self.needs_weights = True
+        return restarted
 
     def succeeded(self) -> None:
         self.failures = 0
@@ -64,6 +77,12 @@ class ActorGroup:
         for member in sorted(active, key=lambda m: m.name)[n:] if n < len(active) else []:
             member.draining = True  # `reap` kills it once its in-flight calls are done
 
+    def due_for_probe(self, every: float) -> list[Member]:
+        """Members to probe now: none in flight, not backing off, the last one `every` s ago."""
+        now = time.monotonic()
+        return [m for m in self.members.values()
+                if not m.probing and m.retry_at <= now and now - m.probed_at >= every]
+
     def pick(self, cap: int) -> Member | None:
         """The least-loaded active member with fewer than `cap` calls in flight (members
         backing off after a failure are skipped)."""
@@ -73,7 +92,8 @@ class ActorGroup:
 
     def reap(self) -> list[str]:
         """Kill drained members (no calls in flight); returns their names."""
-        done = [m for m in self.members.values() if m.draining and m.inflight == 0]
+        done = [m for m in self.members.values()
+                if m.draining and m.inflight == 0 and not m.probing]
         for m in done:
             ray.kill(m.handle, no_restart=True)
             del self.members[m.name]

@@ -63,6 +63,9 @@ def init_ray(cfg: RunConfig) -> bool:
     return True
 
 
+PROBE_EVERY_S = 1.0  # health probes: how often each actor is asked for its pid
+
+
 def _remote(cls, res: Resources, name: str, namespace: str):
     """Place one actor of a role with that role's resources; named, so ops can find it."""
     return ray.remote(cls).options(
@@ -113,6 +116,7 @@ class Driver:
         self.rescore: list[tuple[list[Prompt], ray.ObjectRef]] = []  # batches awaiting scoring
         self.gens: dict[ray.ObjectRef, Gen] = {}
         self.scores: dict[ray.ObjectRef, Score] = {}
+        self.probes: dict[ray.ObjectRef, tuple[Member, str]] = {}  # info() calls in flight
         self.buffer: list[ScoredSample] = []
         self.step_ref: ray.ObjectRef | None = None
         metrics.set_max_staleness(cfg.rollout.max_staleness)
@@ -173,11 +177,14 @@ class Driver:
                 self._reconcile()  # 1. fleet size = controller's desired counts
                 self._fill_rollouts()  # 2. keep workers busy within the staleness budget
                 self._retry_scoring()
+                self._probe()  # health: notice actors Ray restarted, busy or idle
                 for ref in self._wait():  # 3. route whatever finished
                     if ref in self.gens:
                         self._on_generated(ref)
                     elif ref in self.scores:
                         self._on_scored(ref)
+                    elif ref in self.probes:
+                        self._on_probe(ref)
                     elif ref == self.step_ref:
                         self._on_learner_step()
                         self._maybe_checkpoint()
@@ -387,10 +394,29 @@ class Driver:
 
     # -- faults, drops, bookkeeping -------------------------------------------------------
 
-    def _actor_failed(self, member: Member, role: str, error: Exception) -> None:
-        if member.failed():  # a new fault (later ones are the same restart still under way)
+    def _probe(self) -> None:
+        """Ask every member for its pid about once a second (queued behind its work)."""
+        groups = [(self.rollout, "rollout")] + [(g, "reward") for g in self.reward_groups]
+        for group, role in groups:
+            for member in group.due_for_probe(PROBE_EVERY_S):
+                member.probing, member.probed_at = True, time.monotonic()
+                self.probes[member.handle.info.remote()] = (member, role)
+
+    def _on_probe(self, ref: ray.ObjectRef) -> None:
+        member, role = self.probes.pop(ref)
+        member.probing = False
+        try:
+            pid = ray.get(ref)["pid"]
+        except RayError as e:  # dead or restarting: back off; the next probe will tell
+            self._actor_failed(member, role, e)
+            return
+        if member.probed(pid):
             self.state.restarts[role] = self.state.restarts.get(role, 0) + 1
             self.metrics.record_restart(role)
+            tqdm.write(f"{member.name} was restarted by Ray (pid {pid})")
+
+    def _actor_failed(self, member: Member, role: str, error: Exception) -> None:
+        if member.failed():  # a new fault (later ones are the same restart still under way)
             tqdm.write(f"{member.name} failed ({type(error).__name__}); its work is re-issued")
         if member.failures > self.cfg.checkpoint.max_actor_failures:
             self._drain_learner()
@@ -402,7 +428,7 @@ class Driver:
         self.metrics.record_dropped(reason)
 
     def _wait(self) -> list[ray.ObjectRef]:
-        refs = list(self.gens) + list(self.scores) + ([self.step_ref] if self.step_ref else [])
+        refs = [*self.gens, *self.scores, *self.probes, *([self.step_ref] if self.step_ref else [])]
         if not refs:
             time.sleep(0.05)
             return []
@@ -485,9 +511,14 @@ class Driver:
     def _finish(self) -> dict:
         interrupted = self.stop_requested
         self._drain_learner()
+        # Let calls in flight finish (briefly), so actors are killed idle and the last
+        # probes are counted. (No ray.cancel: in Ray 2.60, cancelling an actor task whose
+        # argument is being inlined can crash the driver, ray-project/ray#56123.)
+        if in_flight := [*self.gens, *self.scores, *self.probes]:
+            ray.wait(in_flight, num_returns=len(in_flight), timeout=10)
+        for ref in [r for r in self.probes if ray.wait([r], timeout=0)[0]]:
+            self._on_probe(ref)
         if interrupted:
-            for ref in list(self.gens) + list(self.scores):
-                ray.cancel(ref, force=False)
             self.gens.clear()
             self.scores.clear()
             self.rescore.clear()
