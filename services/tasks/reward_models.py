@@ -194,6 +194,8 @@ def train_reward_model(
 
     # The fresh head needs a larger step than the pretrained trunk (HEAD_LR_SCALE x lr):
     # with one lr for both, the scores barely move in a few hundred steps (measured).
+    # The whole trunk trains: freezing the embeddings + bottom 2 of 4 blocks (tiny) cut the
+    # RM phase from 506 s to 290 s but left held-out clean accuracy at 0.50-0.54 (measured).
     head = [p for n, p in model.named_parameters() if n.startswith("score.")]
     trunk = [p for n, p in model.named_parameters() if not n.startswith("score.")]
     groups = [{"params": trunk, "lr": lr}, {"params": head, "lr": lr * HEAD_LR_SCALE}]

@@ -19,9 +19,12 @@ build leaves no half world. A second `prepare` loads the cached world instantly.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from services.config import TaskConfig
 from services.tasks import corpus
@@ -59,7 +63,9 @@ from services.tasks.reward_models import (
 
 __all__ = ["BUILD_VERSION", "World", "RewardScorer", "gold_score", "load_policy", "prepare"]
 
-BUILD_VERSION = "tw-3"  # bump whenever the build's output changes
+BUILD_VERSION = "tw-4"  # bump whenever the build's output changes
+RM_PROCESSES = 2  # reward models trained side by side (one torch thread each: 2 cores busy)
+TRAIN_ACC_PAIRS = 512  # training pairs the (diagnostic) train accuracy is measured on
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -161,12 +167,15 @@ class World:
 
 
 def world_key(task: TaskConfig) -> str:
-    """`<size>-<hash>`: the hash covers the fields that change the world + BUILD_VERSION."""
+    """`<size>-<hash>`: the hash covers the fields that change the world, the size's recipe
+    and BUILD_VERSION."""
     fields = {
         k: getattr(task, k)
         for k in ("name", "size", "seed", "num_members", "num_sft_seeds", "label_noise")
     }
-    blob = json.dumps({"fields": fields, "version": BUILD_VERSION}, sort_keys=True).encode()
+    recipe = dataclasses.asdict(RECIPES[task.size])
+    blob = json.dumps({"fields": fields, "recipe": recipe, "version": BUILD_VERSION},
+                      sort_keys=True, default=str).encode()
     return f"{task.size}-{hashlib.sha256(blob).hexdigest()[:10]}"
 
 
@@ -231,24 +240,41 @@ def _remove_dead_temps(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def _build_env():
-    """At most 2 threads, deterministic kernels, quiet transformers; restored afterwards."""
+def _build_env(threads: int = 2):
+    """At most `threads` torch threads, deterministic kernels, quiet transformers; restored
+    afterwards."""
     from transformers.utils import logging as hf_logging
 
-    threads = torch.get_num_threads()
+    saved_threads = torch.get_num_threads()
     det = torch.are_deterministic_algorithms_enabled()
     verbosity = hf_logging.get_verbosity()
-    torch.set_num_threads(min(2, threads))
+    torch.set_num_threads(min(threads, saved_threads))
     torch.use_deterministic_algorithms(True)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(saved_threads)
         torch.use_deterministic_algorithms(det)
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
+
+
+def _train_member(job) -> tuple[float, float]:
+    """One proxy RM in a worker process; returns (held-out clean, train noisy) accuracy, the
+    latter on the first TRAIN_ACC_PAIRS training pairs (a diagnostic, not worth a full pass)."""
+    out, m, seed, r, train_noisy, held_clean = job
+    from transformers import AutoTokenizer
+
+    with _build_env(threads=1):
+        tok = AutoTokenizer.from_pretrained(str(out / "base"))
+        rm, _ = train_reward_model(out / "base", tok, train_noisy, seed, r.rm_epochs,
+                                   r.rm_batch_pairs, r.rm_lr, out / f"rm-{m}", False,
+                                   f"reward model {m}")
+        max_len = r.model.max_positions
+        return (round(pair_accuracy(rm, tok, held_clean, max_len), 4),
+                round(pair_accuracy(rm, tok, train_noisy[:TRAIN_ACC_PAIRS], max_len), 4))
 
 
 def _build(task: TaskConfig, out: Path, key: str, verbose: bool) -> None:
@@ -375,26 +401,18 @@ def _build(task: TaskConfig, out: Path, key: str, verbose: bool) -> None:
     sft_gold = gold_a + gold_b
     phase("pairs")
 
-    # 7. K proxy reward models -------------------------------------------------------------
-    rm_dirs, rm_acc, rm_train_acc, rms = [], [], [], []
-    for m in range(task.num_members):
-        seed = task.seed * 1000 + 100 + m
-        rm, _ = train_reward_model(
-            out / "base",
-            tok,
-            train_noisy,
-            seed,
-            r.rm_epochs,
-            r.rm_batch_pairs,
-            r.rm_lr,
-            out / f"rm-{m}",
-            verbose,
-            f"reward model {m}",
-        )
-        rm_acc.append(round(pair_accuracy(rm, tok, held_clean, max_len), 4))
-        rm_train_acc.append(round(pair_accuracy(rm, tok, train_noisy, max_len), 4))
-        rm_dirs.append(f"rm-{m}")
-        rms.append(rm)
+    # 7. K proxy reward models, RM_PROCESSES at a time (one torch thread each) --------------
+    jobs = [(out, m, task.seed * 1000 + 100 + m, r, train_noisy, held_clean)
+            for m in range(task.num_members)]
+    with concurrent.futures.ProcessPoolExecutor(
+        RM_PROCESSES, mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
+        results = list(tqdm(pool.map(_train_member, jobs), total=len(jobs),
+                            desc="reward models", disable=not verbose, leave=False))
+    rm_acc = [acc for acc, _ in results]
+    rm_train_acc = [acc for _, acc in results]
+    rm_dirs = [f"rm-{m}" for m in range(task.num_members)]
+    rms = [RewardScorer(out / d).model for d in rm_dirs]
     phase("reward_models")
 
     # 8. summary ---------------------------------------------------------------------------
