@@ -1,0 +1,42 @@
+"""Member bookkeeping: restart detection by pid, backoff, probe scheduling (no Ray needed)."""
+
+from __future__ import annotations
+
+import time
+
+from services.fleet import ActorGroup, Member
+
+
+def test_a_new_pid_is_a_restart_once():
+    m = Member("reward0-0", handle=None)
+    assert m.probed(100) is False  # first sighting
+    assert m.probed(100) is False and not m.needs_weights
+    assert m.probed(200) is True and m.needs_weights  # Ray restarted it
+    assert m.probed(200) is False
+
+
+def test_failures_back_off_and_count_new_faults_once():
+    m = Member("rollout-0", handle=None)
+    t0 = time.monotonic()
+    assert m.failed() is True  # a new fault
+    assert 0.45 <= m.retry_at - t0 <= 0.6
+    assert m.failed() is False  # the same restart still under way
+    assert 0.95 <= m.retry_at - t0 <= 1.1
+    for _ in range(10):
+        m.failed()
+    assert m.retry_at - time.monotonic() <= 10.0  # capped
+    m.succeeded()
+    assert m.failures == 0
+
+
+def test_probes_skip_busy_probing_and_backing_off_members():
+    group = ActorGroup("rollout", make=lambda name: None)
+    group.scale_to(3)
+    a, b, c = group.members.values()
+    assert group.due_for_probe(1.0) == [a, b, c]
+    a.probing = True
+    b.failed()  # backing off
+    c.probed_at = time.monotonic()  # probed just now
+    assert group.due_for_probe(1.0) == []
+    c.probed_at -= 1.5
+    assert group.due_for_probe(1.0) == [c]
