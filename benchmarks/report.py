@@ -27,6 +27,10 @@ def summary_rows(res: dict) -> list[str]:
             goal = "≥ 0.95" if n == "1" else "—"
             met = ("yes" if x["ratio"]["median"] >= 0.95 else "**no**") if n == "1" else ""
             rows.append(f"| 1. rollout efficiency, N={n} | {_s(x['ratio'])} | {goal} | {met} |")
+        for n, x in r["by_workers"].items():
+            if "ratio_same_work" in x:
+                rows.append(f"| 1. rollout ÷ the same work in-process (generate + K RMs), N={n} "
+                            f"| {_s(x['ratio_same_work'])} | — | |")
     if "broadcast" in f:
         for c in f["broadcast"]["cases"]:
             if c["kind"] != "full" or "4" not in c["by_readers"]:
@@ -60,12 +64,16 @@ def detail(res: dict) -> list[str]:
                 "| side | samples/s | tokens/s | ratio |", "|---|---|---|---|",
                 f"| in-process | {_s(r['in_process']['samples_per_s'])} | "
                 f"{_s(r['in_process']['tokens_per_s'])} | 1 |"]
+        if "in_process_same_work" in r:
+            out.append(f"| in-process, generate + K reward models + combine (same work) | "
+                       f"{_s(r['in_process_same_work']['samples_per_s'])} | | |")
         g = r["one_worker_generate_only"]
         out.append(f"| Ray, 1 worker, no reward pool (diagnostic) | {_s(g['samples_per_s'])} | "
                    f"| {_s(g['ratio'])} |")
         for n, x in r["by_workers"].items():
+            same = f" (÷ same work: {_s(x['ratio_same_work'])})" if "ratio_same_work" in x else ""
             out.append(f"| Ray, {n} worker(s) + reward pool | {_s(x['samples_per_s'])} | "
-                       f"{_s(x['tokens_per_s'])} | {_s(x['ratio'])} |")
+                       f"{_s(x['tokens_per_s'])} | {_s(x['ratio'])}{same} |")
     if "broadcast" in f:
         b = f["broadcast"]
         out += ["", "### 2. Weight broadcast (put → N readers loaded; ms, median [min–max]; "

@@ -9,6 +9,11 @@ batch are excluded from both sides. The Ray side routes as the driver does
 each reward member scores the samples ref -> `combine_scores` task; a repeat ends when the last
 batch is scored, so the Ray side also pays the reward pool's CPU and its last-batch latency.
 Repeats alternate in-process and Ray (for N = 1, 2, ...) so load drift hits both alike.
+
+A second baseline does the same work in-process: generate, then each of the K reward members
+scores the batch (the same `RewardMember` class, called directly), then `combine_scores`. On a
+machine where the reward pool shares the rollout worker's cores, this is the like-for-like
+comparison; the first (engine only) is the one the goal is set on.
 """
 
 from __future__ import annotations
@@ -65,12 +70,31 @@ def run(settings, cfg, world) -> dict:
             n, tok = _count([s for batch in out for s in batch])
             return dt, n, tok
 
+        rw = cfg.reward
+        combine_kw = dict(aggregation=rw.aggregation, uwo_lambda=rw.uwo_lambda, ddof=rw.ddof,
+                          score_clip=rw.score_clip, with_gold=rw.gold_eval,
+                          gold_in_reward=rw.gold_in_reward)
+        k = cfg.reward.members or cfg.task.num_members
+        local_members = [RewardMember(i, str(world.rm_dirs[i]), rw.batch_size) for i in range(k)]
+
+        def local_same_work() -> tuple[float, int, int]:
+            t0 = time.perf_counter()
+            out = []
+            for x in batches:
+                samples = engine.generate(x, sampling, version=0, worker_id="local")
+                scores = [mm.score(samples) for mm in local_members]
+                out += [s.sample for s in combine_scores(samples, *scores, **combine_kw)]
+            dt = time.perf_counter() - t0
+            n, tok = _count(out)
+            return dt, n, tok
+
+        local_same_work()  # warm-up of the in-process reward models
+
         # -- the Ray side: workers + reward pool, placed with the config's resources --------
         nmax = max(settings.rollout_workers)
         workers = [_remote(RolloutWorker, rc).remote(f"rollout-{i}", str(world.sft_dirs[0]),
                                                      rc.engine, sampling, cfg.seed)
                    for i in range(nmax)]
-        k = cfg.reward.members or cfg.task.num_members
         members = [_remote(RewardMember, cfg.reward).remote(i, str(world.rm_dirs[i]),
                                                             cfg.reward.batch_size)
                    for i in range(k)]
@@ -80,7 +104,6 @@ def run(settings, cfg, world) -> dict:
         del model
         ray.get([w.set_weights.remote(0, snap_ref) for w in workers])
         ray.get([w.generate.remote(warm) for w in workers])  # warm-up, as the local side
-        rw = cfg.reward
         warm_ref = workers[0].generate.remote(warm)
         ray.get(combine.remote(warm_ref, *[mm.score.remote(warm_ref) for mm in members],
                                aggregation=rw.aggregation, uwo_lambda=rw.uwo_lambda,
@@ -118,11 +141,13 @@ def run(settings, cfg, world) -> dict:
             return dt, n, tok
 
         local_runs: list[tuple[float, int, int]] = []
+        same_work_runs: list[tuple[float, int, int]] = []
         ray_runs: dict[int, list[tuple[float, int, int]]] = {n: [] for n in
                                                               settings.rollout_workers}
         gen_only: list[tuple[float, int, int]] = []  # 1 worker, no reward pool: Ray's own cost
         for _ in range(settings.repeats):
             local_runs.append(local())
+            same_work_runs.append(local_same_work())
             gen_only.append(through_ray(1, score=False))
             for n in settings.rollout_workers:
                 ray_runs[n].append(through_ray(n))
@@ -132,6 +157,7 @@ def run(settings, cfg, world) -> dict:
         torch.set_num_threads(threads_before)
 
     base_sps = [n / dt for dt, n, _ in local_runs]
+    same_work_sps = [n / dt for dt, n, _ in same_work_runs]
     out = {
         "what": "samples/s through N Ray rollout workers + reward pool ÷ same engine in-process",
         "engine": engine_name, "batch_size": b, "batches_per_repeat": m,
@@ -142,6 +168,7 @@ def run(settings, cfg, world) -> dict:
         "startup_excluded": True,
         "in_process": {"samples_per_s": stats(base_sps),
                        "tokens_per_s": stats([t / dt for dt, _, t in local_runs])},
+        "in_process_same_work": {"samples_per_s": stats(same_work_sps)},
         "by_workers": {},
         "one_worker_generate_only": {
             "samples_per_s": stats([n / dt for dt, n, _ in gen_only]),
@@ -155,6 +182,7 @@ def run(settings, cfg, world) -> dict:
             "tokens_per_s": stats([t / dt for dt, _, t in runs]),
             "tokens_match_in_process": [t for *_, t in runs] == [t for *_, t in local_runs],
             "ratio": stats([a / c for a, c in zip(sps, base_sps)]),  # paired by repeat
+            "ratio_same_work": stats([a / c for a, c in zip(sps, same_work_sps)]),
         }
     out["goal"] = {"figure": "ratio at N=1", "target": ">= 0.95",
                    "value": out["by_workers"][str(settings.rollout_workers[0])]["ratio"]["median"]}
