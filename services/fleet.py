@@ -78,9 +78,10 @@ class ActorGroup:
             member.draining = True  # `reap` kills it once its in-flight calls are done
 
     def due_for_probe(self, every: float) -> list[Member]:
-        """Members to probe now: none in flight, not backing off, the last one `every` s ago."""
+        """Active members to probe now: none in flight, not backing off, the last one `every`
+        s ago (draining members are not probed: they are about to be killed)."""
         now = time.monotonic()
-        return [m for m in self.members.values()
+        return [m for m in self.active()
                 if not m.probing and m.retry_at <= now and now - m.probed_at >= every]
 
     def pick(self, cap: int) -> Member | None:

@@ -435,6 +435,8 @@ class Driver:
             time.sleep(0.05)
             return []
         ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
+        if ready:  # every ref that is ready, so none waits behind busier ones
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         return ready
 
     def _batch_figures(self, batch: list[ScoredSample]) -> dict[str, float]:

@@ -40,3 +40,5 @@ def test_probes_skip_busy_probing_and_backing_off_members():
     assert group.due_for_probe(1.0) == []
     c.probed_at -= 1.5
     assert group.due_for_probe(1.0) == [c]
+    group.scale_to(2)  # c drains: it is about to be killed, not probed
+    assert c.draining and group.due_for_probe(1.0) == []
