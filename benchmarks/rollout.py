@@ -106,9 +106,7 @@ def run(settings, cfg, world) -> dict:
         ray.get([w.generate.remote(warm) for w in workers])  # warm-up, as the local side
         warm_ref = workers[0].generate.remote(warm)
         ray.get(combine.remote(warm_ref, *[mm.score.remote(warm_ref) for mm in members],
-                               aggregation=rw.aggregation, uwo_lambda=rw.uwo_lambda,
-                               ddof=rw.ddof, score_clip=rw.score_clip, with_gold=rw.gold_eval,
-                               gold_in_reward=rw.gold_in_reward))  # starts the task's worker
+                               **combine_kw))  # starts the task's worker
         engine_name = ray.get(workers[0].info.remote())["engine"]
 
         def through_ray(n_workers: int, score: bool = True) -> tuple[float, int, int]:
@@ -131,9 +129,7 @@ def run(settings, cfg, world) -> dict:
                         continue
                     refs = [mm.score.remote(ref) for mm in members]
                     scored.append(combine.remote(
-                        ref, *refs, aggregation=rw.aggregation, uwo_lambda=rw.uwo_lambda,
-                        ddof=rw.ddof, score_clip=rw.score_clip, with_gold=rw.gold_eval,
-                        gold_in_reward=rw.gold_in_reward))
+                        ref, *refs, **combine_kw))
             out = ([s for batch in scored for s in batch] if not score else
                    [s.sample for batch in ray.get(scored) for s in batch])
             dt = time.perf_counter() - t0

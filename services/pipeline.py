@@ -531,8 +531,10 @@ class Driver:
         # argument is being inlined can crash the driver, ray-project/ray#56123.)
         if in_flight := [*self.gens, *self.scores, *self.probes]:
             ray.wait(in_flight, num_returns=len(in_flight), timeout=10)
-        for ref in [r for r in self.probes if ray.wait([r], timeout=0)[0]]:
-            self._on_probe(ref)
+        if self.probes:
+            answered, _ = ray.wait(list(self.probes), num_returns=len(self.probes), timeout=0)
+            for ref in answered:
+                self._on_probe(ref)
         if interrupted:
             self.gens.clear()
             self.scores.clear()
