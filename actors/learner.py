@@ -65,7 +65,8 @@ class LearnerActor:
 
     def publish(self) -> tuple[int, ray.ObjectRef, int]:
         """One `ray.put` of the current weights; every worker reads that same object."""
-        snap = self.trainer.snapshot(self.version)
+        # Views, not a clone: the put below is the copy, made before the next optimiser step.
+        snap = self.trainer.snapshot(self.version, copy=False)
         return self.version, self._put(snap), snap.nbytes
 
     def publish_base(self) -> tuple[int, ray.ObjectRef] | None:

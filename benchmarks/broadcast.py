@@ -7,13 +7,19 @@ The readers are light actors (`Holder`: a model and `apply_snapshot`, nothing el
 worker's HF engine. The publisher is this process (the learner's side of the put). Measured for
 the tiny world's policy and a ~100M-parameter Llama built from config (random init), each as
 full weights and as a LoRA adapter (peft, r=8, peft's default target modules). Snapshot creation
-(copy + checksum, part of the learner's publish) is reported separately; the ratio starts at the
-put. Repeats alternate the in-process baseline with every N.
+(checksum, with and without a clone; the learner publishes views) is reported separately; the
+ratio starts at the put. Repeats alternate the in-process baseline with every N.
+
+Where the time goes, measured in the same repeats: N no-op calls to the same readers (Ray's
+round-trip floor, no object), and the page faults the publisher takes during each put
+(`ru_minflt`: a put that lands on object-store pages this process has not mapped yet faults
+once per 4 KiB page, and that, not the copy, is most of a slow put).
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import time
 
 from benchmarks.common import stats
@@ -45,6 +51,9 @@ class Holder:
         self.model = None
         self.model = _build(config, lora_rank, seed=1)
         return os.getpid()
+
+    def noop(self, version: int) -> int:
+        return version
 
     def load(self, version: int, snapshot) -> int:
         from learner.weights import apply_snapshot
@@ -78,14 +87,18 @@ def _one(name: str, config: dict, kind: str, readers: tuple[int, ...], repeats: 
     t0 = time.perf_counter()
     snap = snapshot_from_model(src, 1, kind)
     snapshot_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    snapshot_from_model(src, 1, kind, copy=False)  # what the learner publishes: views
+    snapshot_views_s = time.perf_counter() - t0
     # The baseline: load_state_dict of the same tensors into the same model.
     if kind == "full":
         state = {k: torch.from_numpy(v.copy()) for k, v in snap.tensors.items()}
     else:  # adapter tensors under the peft model's own (adapter-named) keys
         names = {k.replace(".default.", "."): k for k in dst.state_dict() if ".lora_" in k}
         state = {names[k]: torch.from_numpy(v.copy()) for k, v in snap.tensors.items()}
-    base, apply_local, put_s = [], [], []
+    base, apply_local, put_s, put_faults = [], [], [], []
     by_n: dict[int, list[float]] = {n: [] for n in readers}
+    noop_n: dict[int, list[float]] = {n: [] for n in readers}
     dst.load_state_dict(state, strict=kind == "full")  # warm-up
     version = 1
     for _ in range(repeats):
@@ -100,23 +113,30 @@ def _one(name: str, config: dict, kind: str, readers: tuple[int, ...], repeats: 
             s = type(snap)(version=version, tensors=snap.tensors, kind=snap.kind,
                            checksum=snap.checksum, lora=snap.lora, torch_dtypes=snap.torch_dtypes)
             t0 = time.perf_counter()
+            ray.get([h.noop.remote(version) for h in holders[:n]])
+            noop_n[n].append(time.perf_counter() - t0)
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            t0 = time.perf_counter()
             ref = ray.put(s)  # the learner's publish: one put, N readers
-            t_put = time.perf_counter() - t0
+            put_s.append(time.perf_counter() - t0)
+            put_faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
             acks = ray.get([h.load.remote(version, ref) for h in holders[:n]])
             by_n[n].append(time.perf_counter() - t0)
-            if n == readers[-1]:
-                put_s.append(t_put)
             assert acks == [version] * n
             del ref
     out = {"model": name, "kind": kind, "parameters": params, "bytes": snap.nbytes,
            "tensors": len(snap.tensors), "snapshot_create_s": snapshot_s,
+           "snapshot_views_s": snapshot_views_s,
            "in_process_load_state_dict_s": stats(base),
            "in_process_apply_snapshot_s": stats(apply_local), "put_s": stats(put_s),
+           "put_page_faults": stats(put_faults), "pages": snap.nbytes // 4096,
            "by_readers": {}}
     for n, times in by_n.items():
         out["by_readers"][str(n)] = {
             "seconds": stats(times),
             "ratio": stats([t / b for t, b in zip(times, base)]),  # paired by repeat
+            "noop_calls_s": stats(noop_n[n]),  # N empty round trips: Ray's floor
+            "noop_ratio": stats([t / b for t, b in zip(noop_n[n], base)]),
             "bytes_read": n * snap.nbytes,  # zero-copy reads of one object-store copy
         }
     return out

@@ -14,6 +14,10 @@ def _ms(x: dict) -> str:
     return _s({k: v * 1e3 for k, v in x.items() if k in ("median", "min", "max")}, "{:.3g}")
 
 
+def _n(x: dict) -> str:
+    return _s(x, "{:.0f}")
+
+
 def _mib(n: float) -> str:
     return f"{n / 2**20:.1f} MiB"
 
@@ -77,7 +81,8 @@ def detail(res: dict) -> list[str]:
     if "broadcast" in f:
         b = f["broadcast"]
         out += ["", "### 2. Weight broadcast (put → N readers loaded; ms, median [min–max]; "
-                "ratio ÷ in-process load_state_dict)", ""]
+                "ratio ÷ in-process load_state_dict; floor = N no-op calls to the same readers "
+                "÷ the same baseline)", ""]
         ns = sorted({n for c in b["cases"] for n in c["by_readers"]}, key=int)
         out.append("| model | kind | bytes | load_state_dict | put | "
                    + " | ".join(f"N={n}" for n in ns) + " |")
@@ -86,13 +91,24 @@ def detail(res: dict) -> list[str]:
             cells = []
             for n in ns:
                 x = c["by_readers"].get(n)
-                cells.append(f"{_ms(x['seconds'])} ms (×{x['ratio']['median']:.3g})" if x else "")
+                floor = (f"; floor ×{x['noop_ratio']['median']:.2g}" if "noop_ratio" in x
+                         else "") if x else ""
+                cells.append(f"{_ms(x['seconds'])} ms (×{x['ratio']['median']:.3g}{floor})"
+                             if x else "")
             out.append(f"| {c['model']} ({c['parameters'] / 1e6:.1f}M) | {c['kind']} | "
                        f"{_mib(c['bytes'])} | {_ms(c['in_process_load_state_dict_s'])} ms | "
                        f"{_ms(c['put_s'])} ms | " + " | ".join(cells) + " |")
-        out += ["", "Snapshot creation (copy + sha256, in the learner before the put): "
-                + ", ".join(f"{c['model']} {c['kind']} {c['snapshot_create_s'] * 1e3:.3g} ms"
+        views = all("snapshot_views_s" in c for c in b["cases"])
+        out += ["", "Snapshot creation in the learner, before the put (clone + sha256"
+                + (" → views + sha256, what the learner publishes" if views else "") + "): "
+                + ", ".join(f"{c['model']} {c['kind']} {c['snapshot_create_s'] * 1e3:.3g}"
+                            + (f" → {c['snapshot_views_s'] * 1e3:.3g}" if views else "") + " ms"
                             for c in b["cases"]) + "."]
+        if all("put_page_faults" in c for c in b["cases"]):
+            out += ["", "Page faults the publisher took per put (median [min–max], of the "
+                    "object's 4 KiB pages): " + ", ".join(
+                        f"{c['model']} {c['kind']} {_n(c['put_page_faults'])} of {c['pages']}"
+                        for c in b["cases"]) + "."]
     if "learner" in f:
         x = f["learner"]
         out += ["", f"### 3. Learner overhead (batch {x['batch']}, prompt+response "

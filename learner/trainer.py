@@ -451,11 +451,12 @@ class PPOTrainer:
 
     # -- weights and state -------------------------------------------------------------------
 
-    def snapshot(self, version: int | None = None) -> WeightSnapshot:
-        """The policy's weights (LoRA adapter only when lora_rank > 0) as a WeightSnapshot."""
+    def snapshot(self, version: int | None = None, copy: bool = True) -> WeightSnapshot:
+        """The policy's weights (LoRA adapter only when lora_rank > 0) as a WeightSnapshot;
+        copy=False: views of the live parameters (`snapshot_from_model`)."""
         kind = "lora" if self.settings.lora_rank > 0 else "full"
         return snapshot_from_model(self.policy, self.version if version is None else version,
-                                   kind)
+                                   kind, copy=copy)
 
     def _state(self, include_init: bool = True) -> dict:
         state = {

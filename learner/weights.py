@@ -66,8 +66,9 @@ def compute_checksum(tensors: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _to_numpy(t: torch.Tensor) -> tuple[np.ndarray, str | None]:
-    t = t.detach().to("cpu").contiguous().clone()
+def _to_numpy(t: torch.Tensor, copy: bool = True) -> tuple[np.ndarray, str | None]:
+    t = t.detach().to("cpu").contiguous()
+    t = t.clone() if copy else t
     if t.dtype in _RAW_VIEWS:
         view, name = _RAW_VIEWS[t.dtype]
         return t.view(view).numpy(), name
@@ -121,10 +122,11 @@ def peft_base_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _make(version: int, tensors: dict[str, torch.Tensor], kind: str, lora: dict | None):
+def _make(version: int, tensors: dict[str, torch.Tensor], kind: str, lora: dict | None,
+          copy: bool = True):
     arrays, raw = {}, {}
     for k, t in tensors.items():
-        arrays[k], dt = _to_numpy(t)
+        arrays[k], dt = _to_numpy(t, copy)
         if dt:
             raw[k] = dt
     return WeightSnapshot(version=version, tensors=arrays, kind=kind,  # type: ignore[arg-type]
@@ -133,24 +135,29 @@ def _make(version: int, tensors: dict[str, torch.Tensor], kind: str, lora: dict 
 
 @torch.no_grad()
 def snapshot_from_model(
-    model: nn.Module, version: int, kind: Literal["full", "lora"] = "full"
+    model: nn.Module, version: int, kind: Literal["full", "lora"] = "full", copy: bool = True
 ) -> WeightSnapshot:
     """Copy a model's weights into a snapshot.
 
     kind "full": the whole HF state dict (tied weights cloned under each name); for a peft model,
     the merged weights W0 + scaling * B @ A under plain HF names. kind "lora": a peft model's
     adapter tensors only, with `lora` = r / alpha / scaling / target_modules.
+
+    copy=False: the arrays are views of the live parameters (no clone), for a caller that hands
+    the snapshot to `ray.put` (which copies it into the object store) before the next optimiser
+    step, and then drops it. Cloning first would copy every byte twice: for the tiny policy the
+    clone (into freshly faulted pages) was ~30 of the publish's ~55 ms (BENCHMARKS.md, figure 2).
     """
     if kind == "lora":
         if not is_peft_model(model):
             raise ValueError("snapshot_from_model: kind='lora' needs a peft model")
-        return _make(version, lora_tensors(model), "lora", lora_info(model))
+        return _make(version, lora_tensors(model), "lora", lora_info(model), copy)
     if kind != "full":
         raise ValueError(f"unknown snapshot kind '{kind}'; valid: full, lora")
-    if is_peft_model(model):
-        lora = snapshot_from_model(model, version, "lora")
-        return _make(version, merge_lora(peft_base_state(model), lora), "full", None)
-    return _make(version, dict(model.state_dict()), "full", None)
+    if is_peft_model(model):  # merged weights are new tensors; the unadapted ones are not
+        lora = snapshot_from_model(model, version, "lora", copy=False)
+        return _make(version, merge_lora(peft_base_state(model), lora), "full", None, copy)
+    return _make(version, dict(model.state_dict()), "full", None, copy)
 
 
 @torch.no_grad()

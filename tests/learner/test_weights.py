@@ -43,6 +43,22 @@ def test_full_snapshot_round_trip_bit_exact(make_llama):
     snap.verify()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_snapshot_without_copy_is_views_of_the_parameters(make_llama, dtype):
+    model = make_llama(0).to(dtype)
+    views = snapshot_from_model(model, 1, copy=False)
+    copied = snapshot_from_model(model, 1)
+    assert views.checksum == copied.checksum
+    w = model.model.norm.weight
+    with torch.no_grad():
+        w.add_(1.0)  # training after the snapshot: the views see it, the copy does not
+    assert torch.equal(torch.from_numpy(views.tensors["model.norm.weight"]).view(dtype), w)
+    assert not torch.equal(torch.from_numpy(copied.tensors["model.norm.weight"]).view(dtype), w)
+    copied.verify()
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        views.verify()
+
+
 def test_bf16_round_trip(make_llama):
     src = make_llama(0).to(torch.bfloat16)
     dst = make_llama(1).to(torch.bfloat16)

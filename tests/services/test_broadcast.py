@@ -42,6 +42,12 @@ def test_one_put_many_readers_sample_with_those_weights(ray_session, micro_world
     assert stats.policy_version == 1 and nbytes > 0
     assert ray.get([w.set_weights.remote(1, ref1) for w in workers]) == [1, 1]
     assert ray.get(learner.info.remote())["puts"] == 2  # v0 and v1: one put per version
+    # The learner publishes views of its live parameters; the put is the copy. Version 0 in the
+    # object store must be untouched by the optimiser step that made version 1.
+    old, new = ray.get(ref0), ray.get(ref1)
+    old.verify()
+    new.verify()
+    assert any(not (old.tensors[k] == new.tensors[k]).all() for k in old.tensors)
 
     snapshot = ray.get(ref1)
     model = AutoModelForCausalLM.from_pretrained(sft0)
