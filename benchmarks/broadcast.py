@@ -13,18 +13,25 @@ ratio starts at the put. Repeats alternate the in-process baseline with every N.
 Where the time goes, measured in the same repeats: N no-op calls to the same readers (Ray's
 round-trip floor, no object), and the page faults the publisher takes during each put
 (`ru_minflt`: a put that lands on object-store pages this process has not mapped yet faults
-once per 4 KiB page, and that, not the copy, is most of a slow put).
+once per 4 KiB page, and that, not the copy, is most of a slow put). To show that cause, the
+tiny policy's full broadcast is measured once more in a child process with its own Ray session
+whose object store is preallocated (Ray's `preallocate_plasma_memory`: every page of the store
+is allocated when it starts), `PREALLOCATED_STORE_MB` in size.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import subprocess
+import sys
 import time
 
-from benchmarks.common import stats
+from benchmarks.common import REPO, stats
 
 LORA_RANK = 8
+PREALLOCATED_STORE_MB = {True: 256, False: 1024}  # by settings.quick
 
 
 def _build(config: dict, lora_rank: int, seed: int):
@@ -142,6 +149,40 @@ def _one(name: str, config: dict, kind: str, readers: tuple[int, ...], repeats: 
     return out
 
 
+def _holders(n: int) -> list:
+    import ray
+
+    return [ray.remote(Holder).options(num_cpus=0.05).remote() for _ in range(n)]
+
+
+def _preallocated(settings, world) -> dict:
+    """The tiny policy's full broadcast, in a child process with a preallocated object store."""
+    args = {"quick": settings.quick, "config": _model_config(world),
+            "readers": list(settings.broadcast_readers), "repeats": settings.repeats}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a new local session
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.broadcast", json.dumps(args)],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
+    if proc.returncode:
+        raise RuntimeError(f"preallocated-store child failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _child(args: dict) -> dict:
+    import torch
+
+    import services  # noqa: F401  (keeps this Ray session's addresses on 127.0.0.1)
+    from benchmarks.common import init_ray
+
+    mb = PREALLOCATED_STORE_MB[args["quick"]]
+    init_ray(object_store_memory=mb * 2**20,
+             _system_config={"preallocate_plasma_memory": True})
+    torch.set_num_threads(1)
+    holders = _holders(max(args["readers"]))
+    case = _one(f"tiny-world policy, store preallocated ({mb} MiB)", args["config"], "full",
+                tuple(args["readers"]), args["repeats"], holders)
+    return {**case, "object_store_mb": mb, "preallocated": True}
+
+
 def run(settings, cfg, world) -> dict:
     import ray
     import torch
@@ -149,7 +190,7 @@ def run(settings, cfg, world) -> dict:
     readers = settings.broadcast_readers
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each reader actor (num_cpus < 1 -> one thread)
-    holders = [ray.remote(Holder).options(num_cpus=0.05).remote() for _ in range(max(readers))]
+    holders = _holders(max(readers))
     try:
         cases = [("tiny-world policy", _model_config(world), kind, settings.repeats)
                  for kind in ("full", "lora")]
@@ -162,6 +203,7 @@ def run(settings, cfg, world) -> dict:
         torch.set_num_threads(torch_threads)
         for h in holders:
             ray.kill(h)
+    results.insert(1, _preallocated(settings, world))  # after the same case in this session
     n4 = next((r["by_readers"].get("4") for r in results if r["kind"] == "full"), None)
     return {
         "what": "put -> N readers loaded ÷ one in-process load_state_dict (same tensors)",
@@ -171,3 +213,7 @@ def run(settings, cfg, world) -> dict:
                  "value": n4["ratio"]["median"] if n4 else None,
                  "met": bool(n4 and n4["ratio"]["median"] <= 1.5)},
     }
+
+
+if __name__ == "__main__":  # the preallocated-store child: one JSON line on stdout
+    print(json.dumps(_child(json.loads(sys.argv[1]))))

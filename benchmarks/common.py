@@ -73,8 +73,9 @@ def load_cfg(settings: Settings, *overrides: str):
                        [*extra, "metrics.enabled=false", *settings.overrides, *overrides])
 
 
-def init_ray(num_cpus: int = 4) -> None:
-    """One embedded Ray session on 127.0.0.1 for the whole run (every figure shares it)."""
+def init_ray(num_cpus: int = 4, **kwargs) -> None:
+    """One embedded Ray session on 127.0.0.1 for the whole run (every figure shares it);
+    `kwargs` go to `ray.init` (e.g. object_store_memory, _system_config)."""
     import ray
 
     if ray.is_initialized():
@@ -82,7 +83,8 @@ def init_ray(num_cpus: int = 4) -> None:
     env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
                                                               os.environ.get("PYTHONPATH")]))}
     ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
-             namespace="raylign-bench", runtime_env={"env_vars": env}, log_to_driver=False)
+             namespace="raylign-bench", runtime_env={"env_vars": env}, log_to_driver=False,
+             **kwargs)
 
 
 def stats(xs: list[float]) -> dict:

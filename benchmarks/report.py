@@ -98,12 +98,13 @@ def detail(res: dict) -> list[str]:
             out.append(f"| {c['model']} ({c['parameters'] / 1e6:.1f}M) | {c['kind']} | "
                        f"{_mib(c['bytes'])} | {_ms(c['in_process_load_state_dict_s'])} ms | "
                        f"{_ms(c['put_s'])} ms | " + " | ".join(cells) + " |")
-        views = all("snapshot_views_s" in c for c in b["cases"])
+        own = [c for c in b["cases"] if not c.get("preallocated")]  # one line per model/kind
+        views = all("snapshot_views_s" in c for c in own)
         out += ["", "Snapshot creation in the learner, before the put (clone + sha256"
                 + (" → views + sha256, what the learner publishes" if views else "") + "): "
                 + ", ".join(f"{c['model']} {c['kind']} {c['snapshot_create_s'] * 1e3:.3g}"
                             + (f" → {c['snapshot_views_s'] * 1e3:.3g}" if views else "") + " ms"
-                            for c in b["cases"]) + "."]
+                            for c in own) + "."]
         if all("put_page_faults" in c for c in b["cases"]):
             out += ["", "Page faults the publisher took per put (median [min–max], of the "
                     "object's 4 KiB pages): " + ", ".join(

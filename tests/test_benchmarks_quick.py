@@ -38,6 +38,9 @@ def test_quick_benchmarks(micro_world, tmp_path):
     assert set(res["figures"]) == {"rollout", "broadcast", "learner", "overlap", "memory"}
     assert all(math.isfinite(x) for x in _numbers(res["figures"]))
     assert res["figures"]["rollout"]["by_workers"]["1"]["ratio"]["n"] == 2
+    cases = res["figures"]["broadcast"]["cases"]  # incl. the preallocated-store child session
+    assert [c.get("preallocated", False) for c in cases] == [False, True, False]
+    assert all(c["put_page_faults"]["n"] >= 2 for c in cases)
     assert set(res["figures"]["memory"]["peak_rss_mib"]) >= {
         "rollout worker", "reward member", "learner", "driver"}
     text = md.read_text()
