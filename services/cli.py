@@ -1,4 +1,4 @@
-"""`raylign prepare | train | scale | status | experiment`."""
+"""`raylign prepare | train | scale | status | stop | experiment`."""
 
 from __future__ import annotations
 
@@ -80,6 +80,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stop(args: argparse.Namespace) -> int:
+    ray, controller = _connect(args)
+    ray.get(controller.request_stop.remote())
+    print(f"stop requested: the job in namespace '{args.namespace}' checkpoints and stops "
+          "(resume with raylign train --resume)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raylign", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_experiment)
 
     for name, func, text in (("scale", cmd_scale, "change replicas of a running job"),
-                             ("status", cmd_status, "roles, versions, queues of a running job")):
+                             ("status", cmd_status, "roles, versions, queues of a running job"),
+                             ("stop", cmd_stop, "checkpoint and stop a running job")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--address", default=None, help="Ray address (default: auto)")
         p.add_argument("--namespace", default="raylign", help="the run's cluster.namespace")

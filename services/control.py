@@ -1,7 +1,9 @@
-"""The named controller actor: desired replicas per role, and the driver's last status.
+"""The named controller actor: desired replicas per role, a stop request, and the driver's
+last status.
 
-`raylign scale --rollout N` and `raylign status` find it by name in the run's namespace and
-talk to it; the driver reconciles the fleet against it about once a second.
+`raylign scale --rollout N`, `raylign status` and `raylign stop` find it by name in the run's
+namespace and talk to it; the driver polls it about once a second, reconciles the fleet against
+the desired counts and, once a stop is requested, checkpoints and stops as on SIGTERM.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ CONTROLLER_NAME = "raylign-controller"
 class Controller:
     def __init__(self, desired: dict[str, int]) -> None:
         self.desired = dict(desired)
+        self.stop = False
         self.last_status: dict = {}
 
     def set_replicas(self, role: str, n: int) -> dict[str, int]:
@@ -27,11 +30,19 @@ class Controller:
     def get_desired(self) -> dict[str, int]:
         return dict(self.desired)
 
+    def request_stop(self) -> None:
+        """Ask the driver to checkpoint and stop (resumable with `raylign train --resume`)."""
+        self.stop = True
+
+    def poll(self) -> tuple[dict[str, int], bool]:
+        """What the driver reads each turn: the desired counts, and whether to stop."""
+        return dict(self.desired), self.stop
+
     def report(self, status: dict) -> None:
         self.last_status = status
 
     def status(self) -> dict:
-        return {"desired": dict(self.desired), **self.last_status}
+        return {"desired": dict(self.desired), "stop_requested": self.stop, **self.last_status}
 
 
 def start_controller(desired: dict[str, int], namespace: str):

@@ -199,7 +199,10 @@ class Driver:
     # -- phases ---------------------------------------------------------------------------
 
     def _reconcile(self) -> None:
-        desired = ray.get(self.controller.get_desired.remote())
+        desired, stop = ray.get(self.controller.poll.remote())
+        if stop and not self.stop_requested:
+            tqdm.write("stop requested (raylign stop): checkpointing, then stopping")
+            self.stop_requested = True
         self.rollout.scale_to(desired["rollout"])
         for group in self.reward_groups:
             group.scale_to(desired["reward"])

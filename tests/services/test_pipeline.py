@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -54,8 +56,11 @@ def test_staleness_bound(ray_session, micro_world, tmp_path, bound):
         assert all(r["rollout/staleness_mean"] == 0 for r in log)
 
 
-def test_scale_rollout_during_a_run(ray_session, micro_world, tmp_path):
-    cfg = micro(tmp_path, "learner.steps=10", "rollout.max_staleness=1")
+def test_scale_rollout_during_a_run_then_stop_it(ray_session, micro_world, tmp_path):
+    """Scale 1 -> 2 -> 1 rollout workers while the run goes, then `raylign stop` it (a real CLI
+    process joining this cluster). The run is long enough never to end on its own, so the
+    test does not race the run's end."""
+    cfg = micro(tmp_path, "learner.steps=100000", "rollout.max_staleness=1")
     result: dict = {}
 
     def run():
@@ -85,10 +90,17 @@ def test_scale_rollout_during_a_run(ray_session, micro_world, tmp_path):
     wait_for_workers(2)
     ray.get(find_controller(cfg.cluster.namespace).set_replicas.remote("rollout", 1))
     wait_for_workers(1)
-    thread.join(timeout=600)
+    cli = subprocess.run(
+        [sys.executable, "-m", "services.cli", "stop", "--namespace", cfg.cluster.namespace,
+         "--address", ray.get_runtime_context().gcs_address],
+        capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the run did not stop after raylign stop"
     summary = result["summary"]
-    assert summary["steps"] == 10
-    assert summary["ledger"]["trained"] == 10 * cfg.learner.samples_per_step
+    assert summary["interrupted"] and 1 <= summary["steps"] < cfg.learner.steps
+    assert summary["ledger"]["trained"] == summary["steps"] * cfg.learner.samples_per_step
+    assert (cfg.path / "checkpoints" / "LATEST").is_file()
     assert any(len(w) == 2 for w in seen)
     workers = {r for w in seen for r in w}
     assert len(workers) >= 2  # a second worker really joined
