@@ -275,6 +275,10 @@ class Metrics:
         self._sample_rate.add(samples)
         self._token_rate.add(tokens)
 
+    def sample_rate(self) -> float:
+        """What the `raylign_rollout_samples_per_second` gauge reads now."""
+        return self._sample_rate()
+
     def record_dropped(self, reason: str, n: int = 1) -> None:
         if n:
             self.dropped.labels(self._reason(reason)).inc(n)

@@ -17,7 +17,6 @@ drops (reason `stale`) happen only after faults or scaling; they are counted, ne
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import math
@@ -65,7 +64,6 @@ def init_ray(cfg: RunConfig) -> bool:
 
 
 PROBE_EVERY_S = 1.0  # health probes: how often each actor is asked for its pid
-SPS_WINDOW_S = 30.0  # rollout/samples_per_s: samples scored over this many seconds (as the gauge)
 
 
 def _remote(cls, res: Resources, name: str, namespace: str):
@@ -126,7 +124,6 @@ class Driver:
         self.snapshots: list[tuple[int, ray.ObjectRef]] = []  # newest last
         self.base: tuple[int, ray.ObjectRef] | None = None
         self.stop_requested = False
-        self.scored_times: collections.deque[tuple[float, int]] = collections.deque()
         self.truncated = 0  # prompts cut to fit the context, since the last step
         self.t_start = time.perf_counter()
 
@@ -317,7 +314,6 @@ class Driver:
                 self._drop(pid, "stale")
             else:
                 self.buffer.append(s)
-        self.scored_times.append((time.perf_counter(), len(scored)))
         self.truncated += sum(s.sample.prompt_truncated for s in scored)
         worker = scored[0].sample.worker_id if scored else "?"
         self.metrics.record_samples(worker, len(scored),
@@ -458,24 +454,14 @@ class Driver:
         stale = [version - s.sample.policy_version for s in batch]
         out["rollout/staleness_mean"] = statistics.fmean(stale)
         out["rollout/staleness_max"] = float(max(stale))
-        out["rollout/samples_per_s"] = self._samples_per_s()
+        # The gauge's windowed rate, not "since the last step": with max_staleness > 0 a step's
+        # batch is often scored before the step before it ends, and a per-step figure reads 0.
+        out["rollout/samples_per_s"] = self.metrics.sample_rate()
         out["rollout/prompts_truncated"] = float(self.truncated)
         self.truncated = 0
         self.metrics.record_rewards(members, out["reward/proxy"], out.get("reward/gold"),
                                     out["reward/disagreement"])
         return out
-
-    def _samples_per_s(self, window: float = SPS_WINDOW_S) -> float:
-        """Samples scored per second over the last `window` seconds (or since the start).
-
-        A window rather than "since the last step": with max_staleness > 0 a step's batch is
-        often scored before the step before it ends, and a per-step figure then reads 0.
-        """
-        now = time.perf_counter()
-        while self.scored_times and self.scored_times[0][0] < now - window:
-            self.scored_times.popleft()
-        span = min(window, now - self.t_start)
-        return sum(n for _, n in self.scored_times) / span if span > 0 else 0.0
 
     def _log_step(self, stats: StepStats) -> None:
         v = stats.values
