@@ -518,11 +518,10 @@ class Driver:
         # Let calls in flight finish (briefly), so actors are killed idle and the last
         # probes are counted. (No ray.cancel: in Ray 2.60, cancelling an actor task whose
         # argument is being inlined can crash the driver, ray-project/ray#56123.)
-        if in_flight := [*self.gens, *self.scores, *self.probes]:
-            ray.wait(in_flight, num_returns=len(in_flight), timeout=10)
-        if self.probes:
-            answered, _ = ray.wait(list(self.probes), num_returns=len(self.probes), timeout=0)
-            for ref in answered:
+        in_flight = [*self.gens, *self.scores, *self.probes]
+        done, _ = ray.wait(in_flight, num_returns=len(in_flight), timeout=10)
+        for ref in done:
+            if ref in self.probes:
                 self._on_probe(ref)
         if interrupted:
             self.gens.clear()
