@@ -32,9 +32,8 @@ def summary_rows(res: dict) -> list[str]:
             met = ("yes" if x["ratio"]["median"] >= 0.95 else "**no**") if n == "1" else ""
             rows.append(f"| 1. rollout efficiency, N={n} | {_s(x['ratio'])} | {goal} | {met} |")
         for n, x in r["by_workers"].items():
-            if "ratio_same_work" in x:
-                rows.append(f"| 1. rollout ÷ the same work in-process (generate + K RMs), N={n} "
-                            f"| {_s(x['ratio_same_work'])} | — | |")
+            rows.append(f"| 1. rollout ÷ the same work in-process (generate + K RMs), N={n} "
+                        f"| {_s(x['ratio_same_work'])} | — | |")
     if "broadcast" in f:
         for c in f["broadcast"]["cases"]:
             if c["kind"] != "full" or "4" not in c["by_readers"]:
@@ -67,17 +66,16 @@ def detail(res: dict) -> list[str]:
                 f"{r['torch_threads_each_side']} each side; start-up excluded)", "",
                 "| side | samples/s | tokens/s | ratio |", "|---|---|---|---|",
                 f"| in-process | {_s(r['in_process']['samples_per_s'])} | "
-                f"{_s(r['in_process']['tokens_per_s'])} | 1 |"]
-        if "in_process_same_work" in r:
-            out.append(f"| in-process, generate + K reward models + combine (same work) | "
-                       f"{_s(r['in_process_same_work']['samples_per_s'])} | | |")
+                f"{_s(r['in_process']['tokens_per_s'])} | 1 |",
+                f"| in-process, generate + K reward models + combine (same work) | "
+                f"{_s(r['in_process_same_work']['samples_per_s'])} | | |"]
         g = r["one_worker_generate_only"]
         out.append(f"| Ray, 1 worker, no reward pool (diagnostic) | {_s(g['samples_per_s'])} | "
                    f"| {_s(g['ratio'])} |")
         for n, x in r["by_workers"].items():
-            same = f" (÷ same work: {_s(x['ratio_same_work'])})" if "ratio_same_work" in x else ""
             out.append(f"| Ray, {n} worker(s) + reward pool | {_s(x['samples_per_s'])} | "
-                       f"{_s(x['tokens_per_s'])} | {_s(x['ratio'])}{same} |")
+                       f"{_s(x['tokens_per_s'])} | {_s(x['ratio'])} "
+                       f"(÷ same work: {_s(x['ratio_same_work'])}) |")
     if "broadcast" in f:
         b = f["broadcast"]
         out += ["", "### 2. Weight broadcast (put → N readers loaded; ms, median [min–max]; "
@@ -91,25 +89,20 @@ def detail(res: dict) -> list[str]:
             cells = []
             for n in ns:
                 x = c["by_readers"].get(n)
-                floor = (f"; floor ×{x['noop_ratio']['median']:.2g}" if "noop_ratio" in x
-                         else "") if x else ""
-                cells.append(f"{_ms(x['seconds'])} ms (×{x['ratio']['median']:.3g}{floor})"
-                             if x else "")
+                cells.append(f"{_ms(x['seconds'])} ms (×{x['ratio']['median']:.3g}; floor "
+                             f"×{x['noop_ratio']['median']:.2g})" if x else "")
             out.append(f"| {c['model']} ({c['parameters'] / 1e6:.1f}M) | {c['kind']} | "
                        f"{_mib(c['bytes'])} | {_ms(c['in_process_load_state_dict_s'])} ms | "
                        f"{_ms(c['put_s'])} ms | " + " | ".join(cells) + " |")
         own = [c for c in b["cases"] if not c.get("preallocated")]  # one line per model/kind
-        views = all("snapshot_views_s" in c for c in own)
-        out += ["", "Snapshot creation in the learner, before the put (clone + sha256"
-                + (" → views + sha256, what the learner publishes" if views else "") + "): "
-                + ", ".join(f"{c['model']} {c['kind']} {c['snapshot_create_s'] * 1e3:.3g}"
-                            + (f" → {c['snapshot_views_s'] * 1e3:.3g}" if views else "") + " ms"
-                            for c in own) + "."]
-        if all("put_page_faults" in c for c in b["cases"]):
-            out += ["", "Page faults the publisher took per put (median [min–max], of the "
-                    "object's 4 KiB pages): " + ", ".join(
-                        f"{c['model']} {c['kind']} {_n(c['put_page_faults'])} of {c['pages']}"
-                        for c in b["cases"]) + "."]
+        out += ["", "Snapshot creation in the learner, before the put (clone + sha256 → views + "
+                "sha256, what the learner publishes): "
+                + ", ".join(f"{c['model']} {c['kind']} {c['snapshot_create_s'] * 1e3:.3g} → "
+                            f"{c['snapshot_views_s'] * 1e3:.3g} ms" for c in own) + ".",
+                "", "Page faults the publisher took per put (median [min–max], of the object's "
+                "4 KiB pages): " + ", ".join(
+                    f"{c['model']} {c['kind']} {_n(c['put_page_faults'])} of {c['pages']}"
+                    for c in b["cases"]) + "."]
     if "learner" in f:
         x = f["learner"]
         out += ["", f"### 3. Learner overhead (batch {x['batch']}, prompt+response "
