@@ -10,26 +10,13 @@ uninterrupted one would have.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
+from actors.records import Prompt, Sample, Sampling
 from learner.weights import WeightSnapshot, apply_snapshot, merge_lora
-from services.records import Sample
-
-Prompt = tuple[int, str]  # (prompt_id, text)
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling parameters (mirrors services.config.SamplingConfig)."""
-
-    max_new_tokens: int = 24
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0
 
 
 class RolloutEngine(Protocol):

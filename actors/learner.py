@@ -9,19 +9,11 @@ from pathlib import Path
 import ray
 import torch
 
+from actors.records import Sample, ScoredSample, StepStats
+from learner.settings import LoraSettings, PPOSettings
 from learner.soup import average_state_dicts
-from learner.trainer import PPOTrainer, RolloutBatch, TrainerSettings
+from learner.trainer import PPOTrainer, RolloutBatch
 from learner.weights import snapshot_from_model
-from services.config import RunConfig
-from services.records import Sample, ScoredSample, StepStats
-
-
-def trainer_settings(cfg: RunConfig) -> TrainerSettings:
-    """The trainer's flat settings: the `learner` section plus what lives elsewhere."""
-    return TrainerSettings.from_config(
-        cfg.learner, lora_rank=cfg.policy.lora_rank, lora_alpha=cfg.policy.lora_alpha,
-        score_clip=cfg.reward.score_clip, temperature=cfg.rollout.sampling.temperature,
-        seed=cfg.seed)
 
 
 def _load_state(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -30,16 +22,17 @@ def _load_state(model_dir: Path) -> dict[str, torch.Tensor]:
     return AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).state_dict()
 
 
-def build_policy(cfg: RunConfig, sft_dirs: list[Path]):
-    """The initial policy (SFT model 0, the soup, or policy.model_dir) and the soup state."""
+def build_policy(start_dir: Path, soup_dirs: list[Path], *, init: str, soup_weights=None,
+                 with_soup: bool = False):
+    """The initial policy (the model in `start_dir`, or the soup if init == "soup") and the
+    soup's state dict (None unless init == "soup" or with_soup)."""
     from transformers import AutoModelForCausalLM
 
-    start = Path(cfg.policy.model_dir) if cfg.policy.model_dir else sft_dirs[0]
-    policy = AutoModelForCausalLM.from_pretrained(start, use_safetensors=True)
+    policy = AutoModelForCausalLM.from_pretrained(start_dir, use_safetensors=True)
     soup = None
-    if cfg.policy.init == "soup" or cfg.learner.kl.reference == "soup":
-        soup = average_state_dicts([_load_state(d) for d in sft_dirs], cfg.learner.soup_weights)
-    if cfg.policy.init == "soup":
+    if init == "soup" or with_soup:
+        soup = average_state_dicts([_load_state(d) for d in soup_dirs], soup_weights)
+    if init == "soup":
         policy.load_state_dict(soup)
     return policy, soup
 
@@ -47,16 +40,19 @@ def build_policy(cfg: RunConfig, sft_dirs: list[Path]):
 class LearnerActor:
     """A plain class; the driver wraps it with `ray.remote(num_cpus=..., num_gpus=...)`."""
 
-    def __init__(self, cfg: RunConfig, sft_dirs: list[str], pad_token_id: int) -> None:
-        torch.manual_seed(cfg.seed)
-        policy, soup = build_policy(cfg, [Path(d) for d in sft_dirs])
+    def __init__(self, settings: PPOSettings, start_dir: str, soup_dirs: list[str], *,
+                 init: str = "sft", soup_weights: list[float] | None = None,
+                 lora: LoraSettings | None = None, temperature: float = 1.0, seed: int = 0,
+                 pad_token_id: int) -> None:
+        torch.manual_seed(seed)
+        policy, soup = build_policy(Path(start_dir), [Path(d) for d in soup_dirs], init=init,
+                                    soup_weights=soup_weights,
+                                    with_soup=settings.kl.reference == "soup")
         self.pad_token_id = pad_token_id
         # Under LoRA the base weights never change: workers load them once, then adapters.
-        self.base = snapshot_from_model(policy, 0) if cfg.policy.lora_rank else None
-        self.trainer = PPOTrainer(
-            policy, trainer_settings(cfg), pad_token_id=pad_token_id, soup_state=soup
-        )
-        self.version = 0
+        self.base = snapshot_from_model(policy, 0) if lora is not None else None
+        self.trainer = PPOTrainer(policy, settings, pad_token_id=pad_token_id, soup_state=soup,
+                                  lora=lora, temperature=temperature, seed=seed)
         self.puts = 0  # ray.put calls: exactly one per published version
 
     def _put(self, snap) -> ray.ObjectRef:
@@ -66,8 +62,8 @@ class LearnerActor:
     def publish(self) -> tuple[int, ray.ObjectRef, int]:
         """One `ray.put` of the current weights; every worker reads that same object."""
         # Views, not a clone: the put below is the copy, made before the next optimiser step.
-        snap = self.trainer.snapshot(self.version, copy=False)
-        return self.version, self._put(snap), snap.nbytes
+        snap = self.trainer.snapshot(copy=False)
+        return snap.version, self._put(snap), snap.nbytes
 
     def publish_base(self) -> tuple[int, ray.ObjectRef] | None:
         """Under LoRA, the frozen base weights that every adapter snapshot applies to."""
@@ -81,12 +77,10 @@ class LearnerActor:
         batch = RolloutBatch.from_samples(samples, self.pad_token_id)
         values = self.trainer.step(batch)
         skipped = bool(values.get("step/skipped", 0.0))
-        if not skipped:
-            self.version += 1
         values["time/learner_step_s"] = time.perf_counter() - t0
         stats = StepStats(
-            step=self.version,
-            policy_version=self.version,
+            step=self.trainer.version,
+            policy_version=self.trainer.version,
             num_samples=len(samples),
             reset=bool(values.get("elastic/reset", 0.0)),
             skipped=skipped,
@@ -100,7 +94,8 @@ class LearnerActor:
     def evaluate(self, texts: list[list[int]]) -> dict[str, float]:
         """Drift on held-out corpus text: perplexity exp(-mean_t log pi(x_t | x_<t)) of the
         policy and of the initial model (token ids with BOS first; BOS is not scored)."""
-        items = [ScoredSample(Sample(i, ids[:1], ids[1:], [0.0] * (len(ids) - 1), self.version,
+        items = [ScoredSample(Sample(i, ids[:1], ids[1:], [0.0] * (len(ids) - 1),
+                                     self.trainer.version,
                                      "eval"), (0.0,), 0.0) for i, ids in enumerate(texts)]
         batch = RolloutBatch.from_samples(items, self.pad_token_id)
         n = batch.response_mask.sum()
@@ -112,12 +107,10 @@ class LearnerActor:
 
     def save(self, directory: str) -> None:
         self.trainer.save(Path(directory))
-        (Path(directory) / "version.txt").write_text(str(self.version))
 
     def load(self, directory: str) -> int:
         self.trainer.load(Path(directory))
-        self.version = int((Path(directory) / "version.txt").read_text())
-        return self.version
+        return self.trainer.version
 
     def info(self) -> dict:
-        return {"version": self.version, "pid": os.getpid(), "puts": self.puts}
+        return {"version": self.trainer.version, "pid": os.getpid(), "puts": self.puts}

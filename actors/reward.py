@@ -1,27 +1,38 @@
-"""Reward ensemble: K reward-model members (each may have replicas) and the combine step.
+"""The reward ensemble: K members (each may have replicas), fanned out, combined, quarantined.
 
-The driver places `RewardMember` actors (K members x replicas) and runs `combine_scores` as a
-Ray task over the members' score refs, so sample payloads flow between workers, not through
-the driver. A sample with any non-finite member score is quarantined by the driver.
+    RewardPool.submit(key, samples_ref)     one call per generated batch
+      -> member_k.score(samples)  for k in 1..K   (one live replica of each member)
+      -> combine_scores(samples, s_1..s_K)        aggregate (mean | min | mean - lambda*var)
+      -> RewardPool.collect(ref) -> ScoredBatch   finite samples, and the quarantined ones
+
+Sample payloads go worker -> members -> combine task by reference; only the scored records
+reach the caller. A member call that fails puts the batch back in the queue (scored again as
+soon as every member has a live replica) and is reported to `on_failure`. A sample with a
+non-finite member score or aggregate is quarantined: returned apart, never trained on.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import ray
 import torch
+from ray.exceptions import RayError
 
+from actors.fleet import ActorGroup, Member
+from actors.records import Sample, ScoredSample
+from actors.scoring import RewardScorer, load_callable
 from learner.ensemble import aggregate
-from services.records import Sample, ScoredSample
 
 
 class RewardMember:
     """One proxy reward model (an HF sequence classifier) scoring prompt + completion."""
 
     def __init__(self, member: int, model_dir: str | Path, batch_size: int = 32) -> None:
-        from services.tasks.tiny_world import RewardScorer
-
         self.member = member
         self.batch_size = batch_size
         self.scorer = RewardScorer(Path(model_dir))
@@ -45,28 +56,119 @@ def combine_scores(
     uwo_lambda: float = 0.1,
     ddof: int = 1,
     score_clip: float | None = None,
-    with_gold: bool = False,
+    gold: str | None = None,
     gold_in_reward: bool = False,
 ) -> list[ScoredSample]:
-    """Stack the K members' scores (K, B), aggregate them, optionally add the gold score."""
+    """Stack the K members' scores (K, B), aggregate, clip to +-score_clip; `gold` (a
+    "module:callable" scorer) adds the gold score, or replaces the reward if gold_in_reward."""
     scores = torch.tensor(member_scores, dtype=torch.float64)  # (K, B)
     combined = aggregate(scores, aggregation, uwo_lambda=uwo_lambda, ddof=ddof)
     if score_clip is not None:
         combined = combined.clamp(-score_clip, score_clip)
-    gold = None
-    if with_gold or gold_in_reward:
-        from services.tasks.tiny_world import gold_score
-
-        gold = gold_score([s.prompt_text for s in samples], [s.response_text for s in samples])
-    out = []
-    for i, sample in enumerate(samples):
-        reward = float(gold[i]) if gold_in_reward else float(combined[i])
-        out.append(
-            ScoredSample(
-                sample=sample,
-                member_scores=tuple(float(x) for x in scores[:, i]),
-                reward=reward,
-                gold=None if gold is None else float(gold[i]),
-            )
+    golds = None
+    if gold is not None:
+        golds = load_callable(gold)([s.prompt_text for s in samples],
+                                    [s.response_text for s in samples])
+    return [
+        ScoredSample(
+            sample=sample,
+            member_scores=tuple(float(x) for x in scores[:, i]),
+            reward=float(golds[i]) if gold_in_reward else float(combined[i]),
+            gold=None if golds is None else float(golds[i]),
         )
-    return out
+        for i, sample in enumerate(samples)
+    ]
+
+
+@dataclass
+class ScoredBatch:
+    key: Any  # what the caller submitted the batch with
+    samples: list[ScoredSample]  # finite: fit to train on
+    quarantined: list[ScoredSample]  # a non-finite member score or aggregate
+
+
+@dataclass
+class _Job:
+    key: Any
+    samples_ref: ray.ObjectRef
+    members: list[Member]
+    member_refs: list[ray.ObjectRef]
+
+
+class RewardPool:
+    """K member groups (replicas scale together) and the batches being scored.
+
+    make_member(k, name) starts one actor of member k; combine: keyword arguments of
+    `combine_scores`; on_failure(member, error) hears of every failed member call.
+    """
+
+    def __init__(self, k: int, make_member: Callable[[int, str], Any], combine: dict,
+                 on_failure: Callable[[Member, Exception], None]) -> None:
+        self.groups = [ActorGroup(f"reward{i}", lambda name, i=i: make_member(i, name))
+                       for i in range(k)]
+        self.combine_kw = combine
+        self.on_failure = on_failure
+        self.combine = ray.remote(combine_scores).options(num_cpus=0)
+        self.queued: list[tuple[Any, ray.ObjectRef]] = []  # waiting for a replica of each
+        self.jobs: dict[ray.ObjectRef, _Job] = {}  # combine ref -> its job
+
+    def submit(self, key: Any, samples_ref: ray.ObjectRef) -> None:
+        self.queued.append((key, samples_ref))
+        self.pump()
+
+    def pump(self) -> None:
+        """Start queued batches while every member has a live replica (not backing off)."""
+        while self.queued:
+            members = [g.pick(cap=10**9) for g in self.groups]
+            if any(m is None for m in members):
+                return
+            key, samples_ref = self.queued.pop(0)
+            member_refs = []
+            for m in members:
+                m.inflight += 1
+                member_refs.append(m.handle.score.remote(samples_ref))
+            ref = self.combine.remote(samples_ref, *member_refs, **self.combine_kw)
+            self.jobs[ref] = _Job(key, samples_ref, members, member_refs)
+
+    def collect(self, ref: ray.ObjectRef) -> ScoredBatch | None:
+        """The finished batch of combine ref `ref`; None if a member failed (the batch is
+        queued again, and the failure reported)."""
+        job = self.jobs.pop(ref)
+        for m in job.members:
+            m.inflight -= 1
+        try:
+            scored: list[ScoredSample] = ray.get(ref)
+        except RayError as e:
+            for m, member_ref in zip(job.members, job.member_refs):
+                try:
+                    ray.get(member_ref)
+                except RayError:
+                    self.on_failure(m, e)
+            self.queued.append((job.key, job.samples_ref))
+            return None
+        for m in job.members:
+            m.succeeded()
+        return ScoredBatch(job.key, [s for s in scored if s.is_finite],
+                           [s for s in scored if not s.is_finite])
+
+    def in_flight(self) -> list[Any]:
+        """Keys of the batches queued or being scored."""
+        return [k for k, _ in self.queued] + [j.key for j in self.jobs.values()]
+
+    def clear(self) -> None:
+        self.queued.clear()
+        self.jobs.clear()
+
+    def scale_to(self, replicas: int) -> None:
+        for g in self.groups:
+            g.scale_to(replicas)
+
+    def reap(self) -> list[str]:
+        return [name for g in self.groups for name in g.reap()]
+
+    def live(self) -> int:
+        return sum(len(g.active()) for g in self.groups)
+
+    def shutdown(self) -> None:
+        for g in self.groups:
+            g.shutdown()

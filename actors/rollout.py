@@ -6,9 +6,9 @@ import os
 import time
 from pathlib import Path
 
-from actors.engines import Prompt, Sampling, make_engine
+from actors.engines import make_engine
+from actors.records import Prompt, Sample, Sampling
 from learner.weights import WeightSnapshot
-from services.records import Sample
 
 
 class RolloutWorker:

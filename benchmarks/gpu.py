@@ -40,7 +40,8 @@ def run(settings, cfg, world, *, batch: int = 64, batches: int = 4) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from actors.engines import Sampling, make_engine
+    from actors.engines import make_engine
+    from actors.records import Sampling
     from actors.rollout import RolloutWorker
     from learner.weights import snapshot_from_model
 

@@ -1,7 +1,7 @@
 """Figure 3, learner overhead: one `PPOTrainer.step` ÷ a bare forward+backward of the same
 policy on the same batch, in-process, with the learner actor's torch thread count.
 
-What one PPO step does (TrainerSettings from the run config): experience without grad (policy
+What one PPO step does (the run config's learner settings): experience without grad (policy
 old log-probs, the reference log-probs by swapping the init weights into the policy, critic
 values), GAE + whitening, then ppo_epochs x (batch / minibatch) minibatches, each a policy
 forward+backward, a critic (separate trunk) forward+backward, grad clipping and two Adam steps,
@@ -24,11 +24,11 @@ from benchmarks.common import role_threads, stats
 
 def make_batch(cfg, world, n: int):
     """n real samples from the SFT policy (in-process HF engine) with seeded random rewards."""
-    from actors.engines import HFEngine, Sampling
-    from services.records import ScoredSample
+    from actors.engines import HFEngine
+    from actors.records import ScoredSample
 
     engine = HFEngine(world.sft_dirs[0], seed=cfg.seed)
-    sampling = Sampling(**cfg.rollout.sampling.model_dump())
+    sampling = cfg.rollout.sampling
     b = cfg.rollout.prompts_per_batch
     prompts = world.train_prompts
     samples = []
@@ -44,7 +44,7 @@ def run(settings, cfg, world) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from actors.learner import build_policy, trainer_settings
+    from actors.learner import build_policy
     from learner.ppo import logprobs_from_logits
     from learner.trainer import PPOTrainer, RolloutBatch
 
@@ -56,14 +56,16 @@ def run(settings, cfg, world) -> dict:
         pad = AutoTokenizer.from_pretrained(world.tokenizer_dir).pad_token_id
         scored = make_batch(cfg, world, lc.samples_per_step)
         batch = RolloutBatch.from_samples(scored, pad)
-        policy, soup = build_policy(cfg, world.sft_dirs)
-        settings_ = trainer_settings(cfg)
-        trainer = PPOTrainer(policy, settings_, pad_token_id=pad, soup_state=soup)
+        policy, soup = build_policy(world.sft_dirs[0], world.sft_dirs, init=cfg.policy.init,
+                                    soup_weights=lc.soup_weights,
+                                    with_soup=lc.kl.reference == "soup")
+        trainer = PPOTrainer(policy, lc, pad_token_id=pad, soup_state=soup, lora=cfg.policy.lora,
+                             temperature=cfg.rollout.sampling.temperature, seed=cfg.seed)
         bare = AutoModelForCausalLM.from_pretrained(world.sft_dirs[0], use_safetensors=True).eval()
         critic = trainer.critic  # read-only use below (no optimizer step)
         inputs = batch.model_inputs()
         b, plen = batch.query.shape
-        mb = min(settings_.minibatch_size, b)
+        mb = min(lc.minibatch_size, b)
         mask = batch.response_mask.float()
 
         def policy_pass(rows, grad: bool) -> None:
@@ -96,7 +98,7 @@ def run(settings, cfg, world) -> dict:
             policy_pass(all_rows, False)  # old log-probs
             policy_pass(all_rows, False)  # reference log-probs (init weights swapped in)
             critic_pass(all_rows, False)  # old values
-            for _ in range(settings_.ppo_epochs):
+            for _ in range(lc.ppo_epochs):
                 for rows in minis:
                     policy_pass(rows, True)
                     critic_pass(rows, True)
@@ -117,17 +119,17 @@ def run(settings, cfg, world) -> dict:
     finally:
         torch.set_num_threads(before)
 
-    passes = 2 * settings_.ppo_epochs * len(minis)
+    passes = 2 * lc.ppo_epochs * len(minis)
     out = {
         "what": "one PPOTrainer.step ÷ bare policy forward+backward of the same batch",
-        "batch": b, "minibatch": mb, "ppo_epochs": settings_.ppo_epochs,
+        "batch": b, "minibatch": mb, "ppo_epochs": lc.ppo_epochs,
         "minibatches_per_epoch": len(minis), "prompt_len": plen,
         "response_len": int(batch.response.shape[1]),
-        "kl_reference": settings_.kl_reference, "elastic_reset": settings_.elastic_reset,
+        "kl_reference": lc.kl.reference, "elastic_reset": lc.elastic_reset.enabled,
         "policy_parameters": sum(p.numel() for p in bare.parameters()),
         "torch_threads": threads,
         "step_includes": (f"3 no-grad forwards of {b} (policy old, init reference, critic); "
-                          f"{settings_.ppo_epochs} epochs x {len(minis)} minibatches of {mb}: "
+                          f"{lc.ppo_epochs} epochs x {len(minis)} minibatches of {mb}: "
                           f"policy fwd+bwd + critic fwd+bwd + clip + 2 Adam steps "
                           f"({passes} fwd+bwd in all); GAE, whitening, EMA, pre-step backup"),
         "step_s": stats(steps), "bare_fwd_bwd_s": stats(fb), "bare_equivalent_s": stats(eq),

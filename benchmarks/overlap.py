@@ -1,4 +1,4 @@
-"""Figure 4, overlap: samples/s of `services.pipeline.train` at rollout.max_staleness=1 ÷ at 0,
+"""Figure 4, overlap: samples/s of `services.bootstrap.train` at rollout.max_staleness=1 ÷ at 0,
 the same config otherwise; and figure 5, peak RSS per role of such a run.
 
 Samples/s is taken in the steady state: trained samples between the first and the last learner
@@ -43,7 +43,7 @@ def _rate(cfg, summary: dict) -> dict:
 
 
 def run(settings, cfg_unused, world_unused) -> dict:
-    from services.pipeline import train
+    from services.bootstrap import train
 
     runs: dict[int, list[dict]] = {0: [], 1: []}
     before = _pids_with_roles()
@@ -122,7 +122,7 @@ class Sampler(threading.Thread):
 CHILD = """
 import json, sys, ray
 from benchmarks.common import ENV, load_cfg, Settings
-from services.pipeline import train
+from services.bootstrap import train
 address, quick, overrides = sys.argv[1], sys.argv[2] == "1", sys.argv[3:]
 ray.init(address=address, _node_ip_address="127.0.0.1", namespace="raylign-bench-mem",
          log_to_driver=False, runtime_env={"env_vars": ENV})

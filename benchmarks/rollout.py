@@ -6,8 +6,9 @@ the same seeded completions and token counts), the same torch thread count as a 
 gets from its `num_cpus` (Ray sets OMP_NUM_THREADS from it). Actor start-up and one warm-up
 batch are excluded from both sides. The Ray side routes as the driver does
 (`services.pipeline.Driver`): generate -> `ray.get` of the batch (the driver's fault check) ->
-each reward member scores the samples ref -> `combine_scores` task; a repeat ends when the last
-batch is scored, so the Ray side also pays the reward pool's CPU and its last-batch latency.
+the driver's `RewardPool` (each member scores the samples ref, a `combine_scores` task); a
+repeat ends when the last batch is scored, so the Ray side also pays the reward pool's CPU and
+its last-batch latency.
 Repeats alternate in-process and Ray (for N = 1, 2, ...) so load drift hits both alike.
 
 A second baseline does the same work in-process: generate, then each of the K reward members
@@ -41,18 +42,24 @@ def _count(samples) -> tuple[int, int]:
     return len(samples), sum(len(s.response_tokens) for s in samples)
 
 
+def _fail(member, error):
+    raise RuntimeError(f"{member.name} failed: {error}")
+
+
 def run(settings, cfg, world) -> dict:
     import ray
     import torch
     from transformers import AutoModelForCausalLM
 
-    from actors.engines import Sampling, make_engine
-    from actors.reward import RewardMember, combine_scores
+    from actors.engines import make_engine
+    from actors.reward import RewardMember, RewardPool, combine_scores
     from actors.rollout import RolloutWorker
     from learner.weights import snapshot_from_model
+    from services.bootstrap import combine_options, reward_dirs
+    from services.tasks.tiny_world import task_of
 
     rc, b, m = cfg.rollout, cfg.rollout.prompts_per_batch, settings.rollout_batches
-    sampling = Sampling(**rc.sampling.model_dump())
+    sampling = rc.sampling
     batches = _batches(world, b, m)
     warm = _batches(world, b, 1, offset=10_000)[0]
     actor = role_threads(rc.num_cpus)
@@ -71,11 +78,10 @@ def run(settings, cfg, world) -> dict:
             return dt, n, tok
 
         rw = cfg.reward
-        combine_kw = dict(aggregation=rw.aggregation, uwo_lambda=rw.uwo_lambda, ddof=rw.ddof,
-                          score_clip=rw.score_clip, with_gold=rw.gold_eval,
-                          gold_in_reward=rw.gold_in_reward)
-        k = cfg.reward.members or cfg.task.num_members
-        local_members = [RewardMember(i, str(world.rm_dirs[i]), rw.batch_size) for i in range(k)]
+        task = task_of(world, cfg.seed)
+        combine_kw, dirs = combine_options(cfg, task), reward_dirs(cfg, task)
+        k = len(dirs)
+        local_members = [RewardMember(i, dirs[i], rw.batch_size) for i in range(k)]
 
         def local_same_work() -> tuple[float, int, int]:
             t0 = time.perf_counter()
@@ -95,18 +101,16 @@ def run(settings, cfg, world) -> dict:
         workers = [_remote(RolloutWorker, rc).remote(f"rollout-{i}", str(world.sft_dirs[0]),
                                                      rc.engine, sampling, cfg.seed)
                    for i in range(nmax)]
-        members = [_remote(RewardMember, cfg.reward).remote(i, str(world.rm_dirs[i]),
-                                                            cfg.reward.batch_size)
-                   for i in range(k)]
-        combine = ray.remote(combine_scores).options(num_cpus=0)
+        pool = RewardPool(k, lambda i, _name: _remote(RewardMember, rw).remote(
+            i, dirs[i], rw.batch_size), combine_kw, on_failure=_fail)
+        pool.scale_to(1)
         model = AutoModelForCausalLM.from_pretrained(world.sft_dirs[0], use_safetensors=True)
         snap_ref = ray.put(snapshot_from_model(model, 0))
         del model
         ray.get([w.set_weights.remote(0, snap_ref) for w in workers])
         ray.get([w.generate.remote(warm) for w in workers])  # warm-up, as the local side
-        warm_ref = workers[0].generate.remote(warm)
-        ray.get(combine.remote(warm_ref, *[mm.score.remote(warm_ref) for mm in members],
-                               **combine_kw))  # starts the task's worker
+        pool.submit("warm", workers[0].generate.remote(warm))
+        pool.collect(ray.wait(list(pool.jobs))[0][0])  # starts the combine task's worker
         engine_name = ray.get(workers[0].info.remote())["engine"]
 
         def through_ray(n_workers: int, score: bool = True) -> tuple[float, int, int]:
@@ -115,23 +119,24 @@ def run(settings, cfg, world) -> dict:
             inflight = dict.fromkeys(range(n_workers), 0)
             scored = []
             t0 = time.perf_counter()
-            while todo or gens:
+            while todo or gens or pool.jobs:
                 for w in range(n_workers):  # keep every worker busy, bounded in-flight
                     while todo and inflight[w] < rc.max_inflight_per_worker:
                         gens[workers[w].generate.remote(todo.pop(0))] = w
                         inflight[w] += 1
-                ready, _ = ray.wait(list(gens), num_returns=1)
+                ready, _ = ray.wait([*gens, *pool.jobs], num_returns=1)
                 for ref in ready:
+                    if ref in pool.jobs:
+                        batch = pool.collect(ref)
+                        scored += [s.sample for s in batch.samples + batch.quarantined]
+                        continue
                     inflight[gens.pop(ref)] -= 1
                     got = ray.get(ref)  # as the driver: a failed generate raises here
-                    if not score:
-                        scored.append(got)
-                        continue
-                    refs = [mm.score.remote(ref) for mm in members]
-                    scored.append(combine.remote(
-                        ref, *refs, **combine_kw))
-            out = ([s for batch in scored for s in batch] if not score else
-                   [s.sample for batch in ray.get(scored) for s in batch])
+                    if score:
+                        pool.submit(None, ref)
+                    else:
+                        scored += got
+            out = scored
             dt = time.perf_counter() - t0
             n, tok = _count(out)
             return dt, n, tok
@@ -147,8 +152,9 @@ def run(settings, cfg, world) -> dict:
             gen_only.append(through_ray(1, score=False))
             for n in settings.rollout_workers:
                 ray_runs[n].append(through_ray(n))
-        for h in workers + members:
+        for h in workers:
             ray.kill(h)
+        pool.shutdown()
     finally:
         torch.set_num_threads(threads_before)
 

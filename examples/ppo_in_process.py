@@ -2,61 +2,50 @@
 
     .venv/bin/python examples/ppo_in_process.py [deploy/configs/micro.yaml] [steps]
 
-Builds (or loads from its cache) the world, starts the policy from SFT model 0, samples with
-transformers `generate`, scores with the mean of the proxy reward models and runs PPOTrainer.
+The same parts as a `raylign train` run, called directly: the task's prompt stream, the
+`HFEngine` a rollout worker builds (loaded with the trainer's weights before each batch), the
+`RewardMember`s and `combine_scores` of the reward pool, and the `PPOTrainer` the learner actor
+wraps, all configured by the run config.
 """
 
 from __future__ import annotations
 
-import random
 import sys
 
-import torch
+from transformers import AutoModelForCausalLM
 
-from learner.trainer import PPOTrainer, RolloutBatch, TrainerSettings
+from actors.engines import HFEngine
+from actors.reward import RewardMember, combine_scores
+from learner.trainer import PPOTrainer, RolloutBatch
+from services.bootstrap import combine_options, reward_dirs
 from services.config import load_config
-from services.records import Sample, ScoredSample
-from services.tasks.tiny_world import RewardScorer, load_policy, prepare
+from services.tasks import load_task
 
 
 def main(config: str = "deploy/configs/micro.yaml", steps: int = 10, overrides=None,
-         verbose: bool = True, **settings_overrides) -> tuple[list[dict], PPOTrainer]:
+         verbose: bool = True) -> tuple[list[dict], PPOTrainer]:
     cfg = load_config(config, overrides)
-    world = prepare(cfg.task)
-    policy, tok = load_policy(world.sft_dirs[0])
-    scorers = [RewardScorer(d) for d in world.rm_dirs]
-    settings = TrainerSettings.from_config(
-        cfg.learner, lora_rank=cfg.policy.lora_rank, lora_alpha=cfg.policy.lora_alpha,
-        score_clip=cfg.reward.score_clip, seed=cfg.seed, **settings_overrides)
-    trainer = PPOTrainer(policy, settings, pad_token_id=tok.pad_token_id)
-    rng, history = random.Random(cfg.seed), []
-    torch.manual_seed(cfg.seed)
+    task = load_task(cfg)
+    start = cfg.policy.model_dir or task.policy_dirs[0]
+    engine = HFEngine(start, seed=cfg.seed)
+    members = [RewardMember(k, d, cfg.reward.batch_size)
+               for k, d in enumerate(reward_dirs(cfg, task))]
+    combine = combine_options(cfg, task)
+    policy = AutoModelForCausalLM.from_pretrained(start, use_safetensors=True)
+    trainer = PPOTrainer(policy, cfg.learner, pad_token_id=engine.tokenizer.pad_token_id,
+                         lora=cfg.policy.lora, temperature=cfg.rollout.sampling.temperature,
+                         seed=cfg.seed)
+    n, history = cfg.learner.samples_per_step, []
     for step in range(steps):
-        # 1. sample: left-padded prompts, on-policy completions (cut after EOS)
-        prompts = rng.sample(world.train_prompts, cfg.learner.samples_per_step)
-        enc = [tok(p)["input_ids"] for p in prompts]
-        width = max(map(len, enc))
-        ids = torch.tensor([[tok.pad_token_id] * (width - len(e)) + e for e in enc])
-        with torch.no_grad():
-            out = trainer.policy.generate(
-                input_ids=ids, attention_mask=(ids != tok.pad_token_id).long(), do_sample=True,
-                top_k=0, max_new_tokens=cfg.rollout.sampling.max_new_tokens,
-                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                output_logits=True, return_dict_in_generate=True)
-        logp = torch.stack([torch.log_softmax(x.float(), -1) for x in out.logits], 1)
-        samples = []
-        for i, (p, e) in enumerate(zip(prompts, enc, strict=True)):
-            resp = out.sequences[i, width:].tolist()
-            n = resp.index(tok.eos_token_id) + 1 if tok.eos_token_id in resp else len(resp)
-            lp = logp[i, torch.arange(n), out.sequences[i, width:width + n]].tolist()
-            samples.append(Sample(i, e, resp[:n], lp, trainer.version, "local", p,
-                                  tok.decode(resp[:n], skip_special_tokens=True)))
-        # 2. score: mean of the proxy reward models
-        member = [s.score(prompts, [x.response_text for x in samples]) for s in scorers]
-        scored = [ScoredSample(x, tuple(m[i] for m in member), sum(m[i] for m in member) /
-                               len(member)) for i, x in enumerate(samples)]
+        # 1. sample with the current weights
+        engine.load_weights(trainer.snapshot(copy=False))
+        prompts = [(i, task.train.text(i)) for i in range(step * n, (step + 1) * n)]
+        samples = engine.generate(prompts, cfg.rollout.sampling, version=trainer.version,
+                                  worker_id="local")
+        # 2. score: every reward member, then the ensemble's aggregate
+        scored = combine_scores(samples, *(m.score(samples) for m in members), **combine)
         # 3. learn
-        stats = trainer.step(RolloutBatch.from_samples(scored, tok.pad_token_id))
+        stats = trainer.step(RolloutBatch.from_samples(scored, engine.tokenizer.pad_token_id))
         history.append(stats)
         if verbose:
             print(f"step {step}: proxy reward {stats['reward/score_mean']:+.3f}  "

@@ -12,7 +12,7 @@ Design choices (documented here because the originals differ):
 - The critic is a SEPARATE model: a copy of the initial policy's trunk plus a scalar linear head
   (as OpenRLHF/veRL do), so an Elastic Reset of the policy leaves the critic alone unless
   `reset_value_head` (critic <- its initial weights).
-- With `lora_rank > 0` the policy and the critic trunk are wrapped in peft LoRA; only adapter
+- With `lora` settings the policy and the critic trunk are wrapped in peft LoRA; only adapter
   weights (and the value head) train, and the EMA / init / snapshots hold only those tensors.
 - The init and EMA references are evaluated by swapping their tensors into the policy under
   no_grad (no second copy of the model); a soup reference is a frozen copy of the policy
@@ -31,9 +31,9 @@ import copy
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,85 +51,8 @@ from learner.ppo import (
     policy_loss,
     value_loss,
 )
+from learner.settings import LoraSettings, PPOSettings
 from learner.weights import WeightSnapshot, snapshot_from_model
-
-
-@dataclass
-class TrainerSettings:
-    """PPO learner settings; names mirror the run config's `learner` section (flattened)."""
-
-    lr: float = 1e-4  # policy Adam learning rate
-    value_lr: float | None = None  # critic learning rate (None = lr)
-    ppo_epochs: int = 2  # passes over each batch
-    minibatch_size: int = 16  # samples per gradient step (the last minibatch may be smaller)
-    gamma: float = 1.0  # discount: 1 for the episodic bandit-like text task
-    lam: float = 0.95  # GAE lambda (Coste et al., Ziegler et al.)
-    clip_eps: float = 0.2  # policy ratio clip
-    value_clip: float | None = 0.2  # value clip around the old values (None = unclipped)
-    vf_coef: float = 0.1  # value-loss weight
-    ent_coef: float = 0.0  # entropy bonus weight (0 = off, as in most RLHF runs)
-    max_grad_norm: float = 1.0  # clip each model's gradient norm to this
-    whiten_advantages: bool = True  # masked whitening over the batch
-    score_clip: float | None = None  # clip sequence scores to +-this (Coste: 10)
-    kl_estimator: Literal["k1", "k2", "k3"] = "k1"  # per-token estimator for the penalty
-    kl_mode: Literal["reward", "loss"] = "reward"  # per-token reward penalty or a loss term
-    kl_coef: float = 0.05  # beta (initial beta if adaptive)
-    kl_adaptive: bool = False  # Ziegler's adaptive controller
-    kl_target: float = 6.0  # adaptive target (summed k1 per sequence)
-    kl_horizon: int = 10000  # adaptive horizon in samples
-    kl_reference: Literal["init", "ema", "soup"] = "init"  # what the KL penalty is taken to
-    elastic_reset: bool = False  # Elastic Reset on/off
-    ema_decay: float = 0.995  # eta
-    reset_every: int = 17  # reset at iterations k * reset_every (k >= 1)
-    ema_update: Literal["iteration", "epoch", "step"] = "iteration"  # when the EMA moves
-    reset_value_head: bool = False  # also reset the critic to its initial weights
-    reset_optimizer: bool = False  # also clear the optimizer state at a reset
-    reset_target: Literal["ema", "init"] = "ema"  # online <- EMA (Elastic Reset) or <- init
-    reset_ema: bool = True  # EMA <- init after a reset (False: the EMA baseline keeps its EMA)
-    lora_rank: int = 0  # 0 = full fine-tuning; > 0 = peft LoRA rank
-    lora_alpha: float = 16.0  # LoRA alpha (scaling = alpha / r)
-    lora_target_modules: list[str] | None = None  # None = peft's default for the architecture
-    temperature: float = 1.0  # sampling temperature: log-probs are of softmax(logits / T)
-    seed: int = 0  # value-head init and minibatch order
-
-    def __post_init__(self) -> None:
-        choices = {"kl_estimator": ("k1", "k2", "k3"), "kl_mode": ("reward", "loss"),
-                   "kl_reference": ("init", "ema", "soup"),
-                   "ema_update": ("iteration", "epoch", "step"),
-                   "reset_target": ("ema", "init")}
-        for name, valid in choices.items():
-            if getattr(self, name) not in valid:
-                raise ValueError(f"TrainerSettings.{name}: '{getattr(self, name)}' is not one of "
-                                 f"{', '.join(valid)}")
-        positive = ("lr", "ppo_epochs", "minibatch_size", "clip_eps", "max_grad_norm",
-                    "kl_target", "kl_horizon", "reset_every", "temperature")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"TrainerSettings.{name}: must be > 0, got {getattr(self, name)}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"TrainerSettings.ema_decay: must be in [0, 1), got {self.ema_decay}")
-        if self.lora_rank < 0:
-            raise ValueError(f"TrainerSettings.lora_rank: must be >= 0, got {self.lora_rank}")
-
-    @classmethod
-    def from_config(cls, learner: Any, **extra: Any) -> TrainerSettings:
-        """Settings from a config's `learner` section (duck-typed: `.kl`, `.elastic_reset`).
-
-        `extra` sets what lives elsewhere in the run config (lora_rank, lora_alpha from
-        `policy`, score_clip from `reward`, seed) or overrides.
-        """
-        kl, er = learner.kl, learner.elastic_reset
-        values = {f.name: getattr(learner, f.name) for f in fields(cls) if hasattr(learner, f.name)}
-        values.update(kl_estimator=kl.estimator, kl_mode=kl.mode, kl_coef=kl.coef,
-                      kl_adaptive=kl.adaptive, kl_target=kl.target, kl_horizon=kl.horizon,
-                      kl_reference=kl.reference, elastic_reset=er.enabled,
-                      ema_decay=er.ema_decay, reset_every=er.reset_every,
-                      ema_update=er.ema_update, reset_value_head=er.reset_value_head,
-                      reset_optimizer=er.reset_optimizer,
-                      reset_target=getattr(er, "target", "ema"),
-                      reset_ema=getattr(er, "reset_ema", True))
-        values.update(extra)
-        return cls(**values)
 
 
 @dataclass
@@ -149,7 +72,7 @@ class RolloutBatch:
     @classmethod
     def from_samples(cls, samples: list[Any], pad_token_id: int) -> RolloutBatch:
         """Pad scored samples (objects with `.sample.prompt_tokens`, `.sample.response_tokens`,
-        optional `.sample.logprobs`, and `.reward`, i.e. services.records.ScoredSample)."""
+        optional `.sample.logprobs`, and `.reward`, i.e. actors.records.ScoredSample)."""
         if not samples:
             raise ValueError("RolloutBatch.from_samples: no samples")
         prompts = [list(s.sample.prompt_tokens) for s in samples]
@@ -206,27 +129,33 @@ class PPOTrainer:
     """PPO learner over a causal LM (see the module docstring for the design).
 
     policy: an HF causal LM (PreTrainedModel) with the initial weights; the trainer takes
-    ownership (with lora_rank > 0 it is wrapped in peft in place). soup_state: the HF state dict
-    of the soup, required for kl_reference="soup".
+    ownership (with `lora` it is wrapped in peft in place). soup_state: the HF state dict of the
+    soup, required for kl.reference="soup". temperature: the sampling temperature; log-probs are
+    of softmax(logits / temperature). seed: value-head init and minibatch order.
     """
 
     def __init__(
         self,
         policy: nn.Module,
-        settings: TrainerSettings,
+        settings: PPOSettings,
         *,
         pad_token_id: int,
         soup_state: dict[str, torch.Tensor] | None = None,
+        lora: LoraSettings | None = None,
+        temperature: float = 1.0,
+        seed: int = 0,
     ) -> None:
         s = self.settings = settings
+        er = s.elastic_reset
+        self.lora, self.temperature = lora, temperature
         self.pad_token_id = int(pad_token_id)
-        get_kl_estimator(s.kl_estimator)
-        self.generator = torch.Generator().manual_seed(s.seed)
+        get_kl_estimator(s.kl.estimator)
+        self.generator = torch.Generator().manual_seed(seed)
         policy.eval()
 
         # KL reference "soup": a frozen copy of the policy loaded with the soup (HF names)
         self.ref_model: nn.Module | None = None
-        if s.kl_reference == "soup":
+        if s.kl.reference == "soup":
             if soup_state is None:
                 raise ValueError("kl_reference='soup' needs soup_state (the averaged state dict)")
             self.ref_model = copy.deepcopy(policy)
@@ -235,15 +164,15 @@ class PPOTrainer:
 
         # critic: a copy of the initial trunk + a scalar head
         trunk = copy.deepcopy(policy.base_model)
-        if s.lora_rank > 0:
+        if lora is not None:
             from peft import LoraConfig, get_peft_model
 
             trunk.requires_grad_(False)
-            trunk = get_peft_model(trunk, LoraConfig(r=s.lora_rank, lora_alpha=s.lora_alpha,
-                                                     target_modules=s.lora_target_modules))
+            trunk = get_peft_model(trunk, LoraConfig(r=lora.rank, lora_alpha=lora.alpha,
+                                                     target_modules=lora.target_modules))
             policy = get_peft_model(policy, LoraConfig(
-                task_type="CAUSAL_LM", r=s.lora_rank, lora_alpha=s.lora_alpha,
-                target_modules=s.lora_target_modules))
+                task_type="CAUSAL_LM", r=lora.rank, lora_alpha=lora.alpha,
+                target_modules=lora.target_modules))
         self.critic = Critic(trunk, policy.config.hidden_size, self.generator).eval()
         self.policy = policy.eval()
 
@@ -251,17 +180,17 @@ class PPOTrainer:
         self.init = clone_tensors(trainable_tensors(self.policy))
         self.critic_init = clone_tensors(trainable_tensors(self.critic))
         self.elastic: ElasticReset | None = None
-        if s.elastic_reset or s.kl_reference == "ema":
+        if er.enabled or s.kl.reference == "ema":
             self.elastic = ElasticReset(
-                self.policy, ema_decay=s.ema_decay,
-                reset_every=s.reset_every if s.elastic_reset else None,
-                ema_update=s.ema_update, reset_value_head=s.reset_value_head,
-                reset_optimizer=s.reset_optimizer, init=self.init, target=s.reset_target,
-                reset_ema=s.reset_ema)
+                self.policy, ema_decay=er.ema_decay,
+                reset_every=er.reset_every if er.enabled else None,
+                ema_update=er.ema_update, reset_value_head=er.reset_value_head,
+                reset_optimizer=er.reset_optimizer, init=self.init, target=er.target,
+                reset_ema=er.reset_ema)
         self.policy_opt = torch.optim.Adam(list(trainable_tensors(self.policy).values()), lr=s.lr)
         self.critic_opt = torch.optim.Adam(list(trainable_tensors(self.critic).values()),
                                            lr=s.value_lr or s.lr)
-        self.kl_ctl = make_kl_controller(s.kl_coef, s.kl_adaptive, s.kl_target, s.kl_horizon)
+        self.kl_ctl = make_kl_controller(s.kl.coef, s.kl.adaptive, s.kl.target, s.kl.horizon)
         self.version = 0  # completed (not skipped) steps = published weight version
         self.skipped = 0
 
@@ -272,7 +201,7 @@ class PPOTrainer:
         ids, attn, pos = (x[batch_rows] for x in inputs)
         out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
         t = response.shape[1]
-        logits = out.logits[:, plen - 1: plen + t - 1].float() / self.settings.temperature
+        logits = out.logits[:, plen - 1: plen + t - 1].float() / self.temperature
         logp = logprobs_from_logits(logits, response)
         return (logp, entropy_from_logits(logits)) if with_entropy else (logp, None)
 
@@ -329,21 +258,19 @@ class PPOTrainer:
         scores = batch.scores.float()
         if not torch.isfinite(scores).all():
             return self._skip(backup, t0, "score")
-        if s.score_clip is not None:
-            scores = scores.clamp(-s.score_clip, s.score_clip)
 
         # 1. experience: old / reference / init log-probs and values, all without grad
         with torch.no_grad():
             old_logp = self._logprobs(self.policy, inputs, rows, plen, response)[0]
-            ref_logp = self._ref_logprobs(inputs, rows, plen, response, s.kl_reference)
-            init_logp = (ref_logp if s.kl_reference == "init"
+            ref_logp = self._ref_logprobs(inputs, rows, plen, response, s.kl.reference)
+            init_logp = (ref_logp if s.kl.reference == "init"
                          else self._ref_logprobs(inputs, rows, plen, response, "init"))
             old_values = self._values(inputs, rows, plen, tlen)
 
             # 2. rewards: score at the last real token, minus beta * KL per token
             beta = self.kl_ctl.value
-            kl_tok = kl_per_token(old_logp, ref_logp, s.kl_estimator)
-            penalty_beta = beta if s.kl_mode == "reward" else 0.0
+            kl_tok = kl_per_token(old_logp, ref_logp, s.kl.estimator)
+            penalty_beta = beta if s.kl.mode == "reward" else 0.0
             rewards = kl_penalised_rewards(scores, kl_tok, mask, penalty_beta)
 
             # 3. GAE; returns before whitening
@@ -372,8 +299,8 @@ class PPOTrainer:
                 ent = masked_mean(entropy, m)
                 loss = pg_loss + s.vf_coef * vf_loss - s.ent_coef * ent
                 kl_loss = torch.zeros(())
-                if s.kl_mode == "loss":
-                    kl_loss = masked_mean(kl_per_token(logp, ref_logp[idx], s.kl_estimator), m)
+                if s.kl.mode == "loss":
+                    kl_loss = masked_mean(kl_per_token(logp, ref_logp[idx], s.kl.estimator), m)
                     loss = loss + beta * kl_loss
                 if not torch.isfinite(loss):
                     return self._skip(backup, t0, "loss")
@@ -403,11 +330,11 @@ class PPOTrainer:
         if self.elastic is not None:
             reset = self.elastic.end_iteration(self.policy)
         if reset:
-            if s.reset_value_head:
+            if s.elastic_reset.reset_value_head:
                 copy_into_(self.critic, self.critic_init)
-            if s.reset_optimizer:
+            if s.elastic_reset.reset_optimizer:
                 self.policy_opt.state.clear()
-                if s.reset_value_head:
+                if s.elastic_reset.reset_value_head:
                     self.critic_opt.state.clear()
         with torch.no_grad():
             kl_ref_seq = masked_sum(kl_k1(old_logp, ref_logp), mask, dim=1)
@@ -452,9 +379,9 @@ class PPOTrainer:
     # -- weights and state -------------------------------------------------------------------
 
     def snapshot(self, version: int | None = None, copy: bool = True) -> WeightSnapshot:
-        """The policy's weights (LoRA adapter only when lora_rank > 0) as a WeightSnapshot;
+        """The policy's weights (the LoRA adapter only, under LoRA) as a WeightSnapshot;
         copy=False: views of the live parameters (`snapshot_from_model`)."""
-        kind = "lora" if self.settings.lora_rank > 0 else "full"
+        kind = "full" if self.lora is None else "lora"
         return snapshot_from_model(self.policy, self.version if version is None else version,
                                    kind, copy=copy)
 
@@ -525,6 +452,7 @@ class PPOTrainer:
         meta: dict[str, Any] = {
             "format": 1,
             "settings": asdict(self.settings),
+            "lora_rank": 0 if self.lora is None else self.lora.rank,
             "kl_ctl": state["kl_ctl"],
             "schedule": None if state["elastic"] is None else state["elastic"]["schedule"],
             "counters": state["counters"],
@@ -543,10 +471,10 @@ class PPOTrainer:
         p = Path(path)
         meta = json.loads((p / "state.json").read_text())
         tensors = load_file(str(p / "state.safetensors"))
-        if meta["settings"].get("lora_rank") != self.settings.lora_rank:
-            raise ValueError(f"load: state was saved with lora_rank="
-                             f"{meta['settings'].get('lora_rank')}, this trainer has "
-                             f"{self.settings.lora_rank}")
+        rank = 0 if self.lora is None else self.lora.rank
+        if meta["lora_rank"] != rank:
+            raise ValueError(f"load: state was saved with LoRA rank {meta['lora_rank']}, this "
+                             f"trainer has {rank} (0 = full fine-tuning)")
 
         def group(name: str) -> dict[str, torch.Tensor]:
             pre = f"{name}/"

@@ -16,6 +16,11 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
+from pydantic.fields import FieldInfo
+
+from actors.records import Sampling
+from learner.settings import STRICT, LoraSettings, PPOSettings
 
 
 class Strict(BaseModel):
@@ -23,29 +28,36 @@ class Strict(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------
-# Sections
+# Sections (the learner's own settings classes are embedded as they are: learner/settings.py)
 # ---------------------------------------------------------------------------------------------
 
 
-class Resources(Strict):
-    """Where one role runs: Ray resources per actor and how many actors."""
+@dataclass(frozen=True, config=STRICT)
+class Placement:
+    """Where each actor of a role runs: the Ray resources it asks for."""
 
-    replicas: int = Field(1, ge=0, description="number of actors of this role")
-    num_cpus: float = Field(1.0, ge=0, description="Ray CPUs per actor")
-    num_gpus: float = Field(0.0, ge=0, description="Ray GPUs per actor")
+    num_cpus: float = Field(1.0, ge=0, allow_inf_nan=False, description="Ray CPUs per actor")
+    num_gpus: float = Field(0.0, ge=0, allow_inf_nan=False, description="Ray GPUs per actor")
     resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources per actor, e.g. {rollout: 1}"
     )
     max_restarts: int = Field(3, ge=-1, description="Ray max_restarts (-1 = forever)")
 
 
+@dataclass(frozen=True, config=STRICT)
+class Resources(Placement):
+    """Placement, and how many actors of the role (changeable at run time: raylign scale)."""
+
+    replicas: int = Field(1, ge=0, description="number of actors of this role")
+
+
 class TaskConfig(Strict):
-    name: Literal["tiny_world"] = "tiny_world"
+    name: Literal["tiny_world"] = Field("tiny_world", description="the task kit")
     size: Literal["micro", "tiny", "small"] = Field(
         "tiny", description="micro builds in seconds (tests); tiny is the demo (~minutes)"
     )
     cache_dir: str = Field(".cache/raylign", description="built worlds live here, by hash")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the world's build (corpus, models)")
     num_members: int = Field(4, ge=1, description="K proxy reward models to train")
     num_sft_seeds: int = Field(2, ge=1, description="SFT models (soup ingredients)")
     label_noise: float = Field(0.25, ge=0, lt=0.5, description="flipped preference labels")
@@ -58,17 +70,11 @@ class PolicyConfig(Strict):
     model_dir: str | None = Field(
         None, description="an HF model dir to start from instead of the task's SFT model"
     )
-    lora_rank: int = Field(0, ge=0, description="0 = full fine-tuning; >0 = peft LoRA rank")
-    lora_alpha: float = Field(16.0, gt=0)
+    lora: LoraSettings | None = Field(
+        None, description="peft LoRA (e.g. {rank: 8, alpha: 16}); None = full fine-tuning")
 
 
-class SamplingConfig(Strict):
-    max_new_tokens: int = Field(24, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    top_k: int = Field(0, ge=0, description="0 = off")
-    top_p: float = Field(1.0, gt=0, le=1)
-
-
+@dataclass(frozen=True, config=STRICT)
 class RolloutConfig(Resources):
     engine: Literal["auto", "hf", "vllm"] = Field(
         "auto", description="auto = vllm if importable, else hf (transformers)"
@@ -78,19 +84,22 @@ class RolloutConfig(Resources):
     max_staleness: int = Field(
         1, ge=0, description="use a sample at learner version u only if u - v <= this"
     )
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    sampling: Sampling = Field(default_factory=Sampling, description="how engines sample")
 
 
+@dataclass(frozen=True, config=STRICT)
 class RewardConfig(Resources):
     aggregation: Literal["mean", "min", "uwo", "single"] = Field(
         "mean", description="mean | min (worst case) | uwo (mean - lambda*var) | single (member 0)"
     )
     members: int | None = Field(None, ge=1, description="use the first K members (None = all)")
-    uwo_lambda: float = Field(0.1, ge=0, description="0.1 for PPO, 0.5 for best-of-n (Coste)")
+    uwo_lambda: float = Field(0.1, ge=0, allow_inf_nan=False,
+                              description="0.1 for PPO, 0.5 for best-of-n (Coste)")
     ddof: Literal[0, 1] = Field(1, description="variance ddof for uwo (1 = sample variance)")
     gold_eval: bool = Field(True, description="also score with the gold scorer (metrics only)")
     gold_in_reward: bool = Field(False, description="train on gold (oracle) instead of proxies")
-    score_clip: float | None = Field(None, gt=0, description="clip the aggregate to ±this")
+    score_clip: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                     description="clip the aggregate to +-this")
     batch_size: int = Field(16, ge=1, description="samples per reward-model call")
     model_dirs: list[str] | None = Field(
         None, description="HF sequence-classification dirs to use as members instead of the "
@@ -98,50 +107,12 @@ class RewardConfig(Resources):
     )
 
 
-class KLConfig(Strict):
-    estimator: Literal["k1", "k2", "k3"] = "k1"
-    mode: Literal["reward", "loss"] = Field(
-        "reward", description="per-token reward penalty, or a loss term"
-    )
-    coef: float = Field(0.05, ge=0, description="beta")
-    adaptive: bool = False
-    target: float = Field(6.0, gt=0, description="adaptive controller's target KL")
-    horizon: int = Field(10000, ge=1)
-    reference: Literal["init", "ema", "soup"] = "init"
+@dataclass(frozen=True, config=STRICT)
+class LearnerConfig(Placement, PPOSettings):
+    """The learner actor: one (data-parallel learners are not implemented), PPO settings."""
 
-
-class ElasticResetConfig(Strict):
-    enabled: bool = False
-    ema_decay: float = Field(0.995, ge=0, lt=1, description="eta")
-    reset_every: int = Field(17, ge=1, description="reset at iterations k*reset_every")
-    ema_update: Literal["iteration", "epoch", "step"] = "iteration"
-    reset_value_head: bool = False
-    reset_optimizer: bool = False
-    target: Literal["ema", "init"] = Field(
-        "ema", description="what the policy is reset to: ema (Elastic Reset) or init "
-        "(the reset-to-init baseline)")
-    reset_ema: bool = Field(
-        True, description="EMA <- init after each reset (false: the reset-to-EMA baseline "
-        "that keeps its EMA)")
-
-
-class LearnerConfig(Resources):
     steps: int = Field(20, ge=1, description="PPO iterations (learner versions) to run")
-    samples_per_step: int = Field(32, ge=1)
-    minibatch_size: int = Field(16, ge=1)
-    ppo_epochs: int = Field(2, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    value_lr: float | None = Field(None, gt=0, description="None = lr")
-    gamma: float = Field(1.0, ge=0, le=1)
-    lam: float = Field(0.95, ge=0, le=1)
-    clip_eps: float = Field(0.2, gt=0)
-    value_clip: float | None = Field(0.2, gt=0)
-    vf_coef: float = Field(0.1, ge=0)
-    ent_coef: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    whiten_advantages: bool = True
-    kl: KLConfig = Field(default_factory=KLConfig)
-    elastic_reset: ElasticResetConfig = Field(default_factory=ElasticResetConfig)
+    samples_per_step: int = Field(32, ge=1, description="scored samples per PPO iteration")
     eval_every: int = Field(
         5, ge=0, description="steps between drift evaluations on held-out text (0 = off)"
     )
@@ -165,14 +136,14 @@ class BroadcastConfig(Strict):
 
 
 class MetricsConfig(Strict):
-    enabled: bool = True
+    enabled: bool = Field(True, description="serve the Prometheus exporter")
     host: str = Field("127.0.0.1", description="exporter bind address (loopback by default)")
     port: int = Field(0, ge=0, le=65535, description="0 = pick a free port and log it")
 
 
 class CheckpointConfig(Strict):
     every: int = Field(10, ge=0, description="learner steps between checkpoints (0 = end only)")
-    keep: int = Field(2, ge=1)
+    keep: int = Field(2, ge=1, description="newest checkpoints kept on disk")
     max_actor_failures: int = Field(
         8, ge=1, description="consecutive failures of one actor (with backoff 0.5 s doubling "
         "to 10 s, ~45 s in all) before the run stops"
@@ -182,22 +153,30 @@ class CheckpointConfig(Strict):
 class ClusterConfig(Strict):
     address: str | None = Field(None, description="None = embedded Ray; 'auto' = join a cluster")
     num_cpus: int | None = Field(None, ge=1, description="embedded Ray's CPUs (None = detect)")
-    namespace: str = "raylign"
+    namespace: str = Field("raylign", description="Ray namespace of the run's named actors "
+                           "(raylign scale/status/stop find the run by it)")
 
 
 class RunConfig(Strict):
-    name: str = "run"
-    seed: int = 0
+    name: str = Field("run", description="the run's name: RUN_DIR and actor names use it")
+    seed: int = Field(0, description="run seed: prompt order, sampling, learner RNG")
     run_dir: str = Field("runs", description="RUN_DIR = run_dir/name")
-    task: TaskConfig = Field(default_factory=TaskConfig)
-    policy: PolicyConfig = Field(default_factory=PolicyConfig)
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    reward: RewardConfig = Field(default_factory=RewardConfig)
-    learner: LearnerConfig = Field(default_factory=LearnerConfig)
-    broadcast: BroadcastConfig = Field(default_factory=BroadcastConfig)
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig, description="what to train on")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="the policy's start")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig,
+                                   description="rollout workers and sampling")
+    reward: RewardConfig = Field(default_factory=RewardConfig,
+                                 description="the reward ensemble")
+    learner: LearnerConfig = Field(default_factory=LearnerConfig,
+                                   description="the learner actor and its PPO settings")
+    broadcast: BroadcastConfig = Field(default_factory=BroadcastConfig,
+                                       description="weight broadcasts")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig,
+                                   description="the Prometheus exporter")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig,
+                                         description="checkpoints and fault limits")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig,
+                                   description="embedded Ray or a cluster")
 
     @model_validator(mode="after")
     def _cross_field(self) -> RunConfig:
@@ -252,23 +231,29 @@ def _line_map(node: yaml.Node, prefix: tuple = (), out: dict | None = None) -> d
     return out
 
 
-def _model_at(path: tuple) -> type[BaseModel] | None:
-    """The pydantic model class that a YAML path (of mappings) points into."""
-    model: Any = RunConfig
+def fields_of(model: Any) -> dict[str, FieldInfo] | None:
+    """The pydantic fields of a section class (a model or a pydantic dataclass), else None."""
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return model.model_fields
+    return getattr(model, "__pydantic_fields__", None)
+
+
+def _model_at(path: tuple) -> dict[str, FieldInfo] | None:
+    """The fields of the section that a YAML path (of mappings) points into."""
+    fields = fields_of(RunConfig)
     for key in path:
-        field = model.model_fields.get(key) if isinstance(key, str) else None
+        field = fields.get(key) if isinstance(key, str) else None
         if field is None:
             return None
-        ann = field.annotation
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+        fields = fields_of(field.annotation)
+        if fields is None:
             return None
-        model = ann
-    return model
+    return fields
 
 
 def _describe(err: dict) -> str:
     kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
         return "unknown key"
     bounds = {"less_than": "<", "less_than_equal": "<=", "greater_than": ">",
               "greater_than_equal": ">="}
@@ -280,6 +265,8 @@ def _describe(err: dict) -> str:
         return f"must be one of {ctx.get('expected')}, got {value!r}"
     if kind == "missing":
         return "required field is missing"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
     return f"{err['msg']}, got {value!r}"
 
 
@@ -287,14 +274,14 @@ def _format(err: dict, source: str, lines: dict, overrides: dict) -> str:
     loc = tuple(err["loc"])
     dotted = ".".join(str(p) for p in loc) or "(top level)"
     message = _describe(err)
-    if err["type"] == "extra_forbidden":
+    if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         parent = _model_at(loc[:-1])
         if parent is not None:
-            close = difflib.get_close_matches(str(loc[-1]), list(parent.model_fields), n=1)
+            close = difflib.get_close_matches(str(loc[-1]), list(parent), n=1)
             if close:
                 message += f" (did you mean '{close[0]}'?)"
             else:
-                message += f"; valid keys: {', '.join(parent.model_fields)}"
+                message += f"; valid keys: {', '.join(parent)}"
     if dotted in overrides:
         return f"override '{overrides[dotted]}': {dotted}: {message}"
     # The deepest path that the file names (a model-level error points at its section).

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from actors.scoring import pad_batch
+
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"  # ids 0, 1, 2
 
 
@@ -121,17 +123,6 @@ def pack_blocks(docs: list[list[int]], block: int) -> torch.Tensor:
     stream = [t for d in docs for t in d]
     n = len(stream) // block
     return torch.tensor(stream[: n * block], dtype=torch.long).view(n, block)
-
-
-def pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (input_ids, attention_mask)."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
 
 
 def lm_batches(docs: list[list[int]], batch_size: int, epochs: float, seed: int, pad_id: int):

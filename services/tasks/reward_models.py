@@ -11,7 +11,8 @@ reward is close to a sum of per-word sentiment (VADER) times fluency; a last-tok
 the tiny trunk learn that aggregation from a few thousand noisy pairs and stayed near chance
 (held-out clean accuracy ~0.55 tiny, ~0.50 micro; BT loss near ln 2), while the mean over the
 completion gives the head that sum directly. Model dirs without the attribute (custom reward
-models) are read at the last non-padding token, as transformers does.
+models) are read at the last non-padding token, as transformers does. Scoring lives in
+actors/scoring.py (the reward actors use it).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from services.tasks.models import pad_batch, save_model, train_loop
+from actors.scoring import POOLING, encode_inputs, reward_forward
+from services.tasks.models import save_model, train_loop
 
 HEAD_LR_SCALE = 10.0
 
@@ -32,72 +34,6 @@ class Pair:
     prompt: str
     chosen: str  # completion preferred by the (possibly flipped) label
     rejected: str
-
-
-POOLING = "completion_mean"  # written into each trained member's config (`reward_pooling`)
-
-
-def encode_inputs(
-    tokenizer, prompts: list[str], completions: list[str], max_len: int
-) -> list[tuple[list[int], int]]:
-    """(ids of <s> prompt + completion truncated to max_len, index of the first completion
-    token), the index found as the prompt's tokens shared with the joint tokenization (BPE may
-    merge across the boundary; that merged token counts as the completion's)."""
-    ids = tokenizer([p + c for p, c in zip(prompts, completions)])["input_ids"]
-    heads = tokenizer(list(prompts))["input_ids"]
-    out = []
-    for x, h in zip(ids, heads):
-        k = 0
-        while k < min(len(x), len(h)) and x[k] == h[k]:
-            k += 1
-        x = x[:max_len]
-        out.append((x, min(max(1, k), len(x) - 1)))
-    return out
-
-
-class RewardScorer:
-    """One proxy reward model loaded from its HF dir; `score` returns one float per sample."""
-
-    def __init__(self, model_dir: Path):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self.model_dir = Path(model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            str(model_dir), use_safetensors=True
-        ).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        self.max_len = int(self.model.config.max_position_embeddings)
-
-    @torch.inference_mode()
-    def score(
-        self, prompts: list[str], completions: list[str], batch_size: int = 32
-    ) -> list[float]:
-        if len(prompts) != len(completions):
-            raise ValueError(f"score: {len(prompts)} prompts but {len(completions)} completions")
-        out: list[float] = []
-        for i in range(0, len(prompts), batch_size):
-            seqs = encode_inputs(
-                self.tokenizer,
-                prompts[i : i + batch_size],
-                completions[i : i + batch_size],
-                self.max_len,
-            )
-            out += reward_forward(self.model, seqs, self.tokenizer.pad_token_id).tolist()
-        return out
-
-
-def reward_forward(model, seqs: list[tuple[list[int], int]], pad_id: int) -> torch.Tensor:
-    """One score per (ids, completion start) from `encode_inputs`, pooled as the model's config
-    says (`reward_pooling`): the completion-token mean, or else the last non-padding token."""
-    ids, mask = pad_batch([s for s, _ in seqs], pad_id)
-    if getattr(model.config, "reward_pooling", None) != POOLING:
-        return model(input_ids=ids, attention_mask=mask).logits[:, 0].float()
-    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
-    weight = mask.to(hidden.dtype)
-    for i, (_, start) in enumerate(seqs):
-        weight[i, :start] = 0
-    pooled = (hidden * weight[..., None]).sum(1) / weight.sum(1, keepdim=True).clamp_min(1.0)
-    return model.score(pooled)[:, 0].float()
 
 
 def make_pairs(

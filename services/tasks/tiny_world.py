@@ -35,8 +35,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from actors.scoring import RewardScorer, encode_inputs, reward_forward
 from services.config import TaskConfig
 from services.tasks import corpus
+from services.tasks.base import PromptStream, Task
 from services.tasks.gold import gold_score
 from services.tasks.models import (
     ModelSize,
@@ -53,15 +55,13 @@ from services.tasks.models import (
     train_tokenizer,
 )
 from services.tasks.reward_models import (
-    RewardScorer,
-    encode_inputs,
     make_pairs,
     pair_accuracy,
-    reward_forward,
     train_reward_model,
 )
 
-__all__ = ["BUILD_VERSION", "World", "RewardScorer", "gold_score", "load_policy", "prepare"]
+__all__ = ["BUILD_VERSION", "World", "RewardScorer", "gold_score", "load_policy", "prepare",
+           "task_of"]
 
 BUILD_VERSION = "tw-4"  # bump whenever the build's output changes
 RM_PROCESSES = 2  # reward models trained side by side (one torch thread each: 2 cores busy)
@@ -489,3 +489,12 @@ def _build(task: TaskConfig, out: Path, key: str, verbose: bool) -> None:
         "build_seconds": round(time.time() - t_start, 2),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def task_of(world: World, seed: int) -> Task:
+    """The world as a run's task; training prompts shuffled per epoch by the run `seed`."""
+    return Task(name=f"tiny_world/{world.root.name}", tokenizer_dir=world.tokenizer_dir,
+                policy_dirs=world.sft_dirs, reward_dirs=world.rm_dirs,
+                train=PromptStream(tuple(world.train_prompts), seed),
+                eval_prompts=world.eval_prompts, gold="services.tasks.gold:gold_score",
+                heldout_texts=world.heldout_texts)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from actors.engines import HFEngine, Sampling
+from actors.engines import HFEngine
+from actors.records import Sampling
 from learner.weights import snapshot_from_model
 from tests.conftest import require_vllm
 

@@ -5,7 +5,7 @@ import sys
 
 CODE = """
 import learner.ppo, learner.kl, learner.ensemble, learner.elastic_reset, learner.soup
-import learner.weights, learner.trainer
+import learner.weights, learner.trainer, learner.settings
 import sys
 bad = sorted(m for m in sys.modules
              if m.split('.')[0] in ('ray', 'vllm', 'services') or m.startswith('ray_'))

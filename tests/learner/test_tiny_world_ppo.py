@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 def test_in_process_ppo_raises_proxy_reward():
     from examples.ppo_in_process import main
 
-    history, trainer = main(steps=10, verbose=False, lr=1e-3, kl_coef=0.01)
+    history, trainer = main(steps=10, verbose=False,
+                            overrides=["learner.lr=1e-3", "learner.kl.coef=0.01"])
     init = trainer.init
     rewards = [h["reward/score_mean"] for h in history]
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3, rewards

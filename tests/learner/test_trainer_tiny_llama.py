@@ -5,7 +5,9 @@ import types
 import pytest
 import torch
 
-from learner.trainer import PPOTrainer, RolloutBatch, TrainerSettings
+from learner.settings import ElasticResetSettings as ER
+from learner.settings import KLSettings, LoraSettings, PPOSettings
+from learner.trainer import PPOTrainer, RolloutBatch
 from tests.learner.conftest import tiny_llama
 
 TARGET = 7
@@ -57,7 +59,7 @@ def test_from_samples_pads_left_and_right():
 
 
 def test_logprobs_match_generate_with_left_padding():
-    tr = PPOTrainer(tiny_llama(0), TrainerSettings(), pad_token_id=0)
+    tr = PPOTrainer(tiny_llama(0), PPOSettings(), pad_token_id=0)
     b = sample(tr, seed=1, b=4, ragged=True)
     b.response_mask.fill_(1)  # keep the full generated response
     query = b.query
@@ -73,8 +75,8 @@ def test_logprobs_match_generate_with_left_padding():
 
 
 def test_ppo_raises_reward_and_trains_every_parameter():
-    settings = TrainerSettings(lr=1e-2, minibatch_size=16, ppo_epochs=2, kl_coef=0.01, seed=0)
-    tr = PPOTrainer(tiny_llama(0), settings, pad_token_id=0)
+    settings = PPOSettings(lr=1e-2, minibatch_size=16, ppo_epochs=2, kl=KLSettings(coef=0.01))
+    tr = PPOTrainer(tiny_llama(0), settings, pad_token_id=0, seed=0)
     before_p, before_c = params(tr.policy), params(tr.critic)
     rewards = []
     for i in range(8):
@@ -97,9 +99,10 @@ def test_ppo_raises_reward_and_trains_every_parameter():
 
 @pytest.mark.parametrize("flags", [False, True])
 def test_elastic_reset_every_2(flags):
-    settings = TrainerSettings(lr=3e-3, minibatch_size=8, ppo_epochs=1, elastic_reset=True,
-                               reset_every=2, ema_decay=0.9, kl_reference="ema",
-                               reset_value_head=flags, reset_optimizer=flags)
+    settings = PPOSettings(lr=3e-3, minibatch_size=8, ppo_epochs=1,
+                           elastic_reset=ER(enabled=True, reset_every=2, ema_decay=0.9,
+                                            reset_value_head=flags, reset_optimizer=flags),
+                           kl=KLSettings(reference="ema"))
     tr = PPOTrainer(tiny_llama(0), settings, pad_token_id=0)
     init = params(tr.policy)
     captured = {}
@@ -135,9 +138,10 @@ def _all_equal(a, b):
 
 
 def test_save_load_resume_is_exact(tmp_path):
-    settings = TrainerSettings(lr=3e-3, minibatch_size=4, ppo_epochs=2, elastic_reset=True,
-                               reset_every=3, ema_update="step", kl_adaptive=True,
-                               kl_target=0.5, kl_horizon=100, kl_reference="ema")
+    settings = PPOSettings(lr=3e-3, minibatch_size=4, ppo_epochs=2,
+                           elastic_reset=ER(enabled=True, reset_every=3, ema_update="step"),
+                           kl=KLSettings(adaptive=True, target=0.5, horizon=100,
+                                         reference="ema"))
     tr = PPOTrainer(tiny_llama(0), settings, pad_token_id=0)
     tr.step(sample(tr, seed=1, b=8))
     tr.save(tmp_path / "ckpt")
@@ -159,8 +163,8 @@ def test_save_load_resume_is_exact(tmp_path):
 
 
 def test_nan_score_skips_step_and_keeps_weights():
-    tr = PPOTrainer(tiny_llama(0), TrainerSettings(minibatch_size=4, elastic_reset=True,
-                                                   reset_every=1), pad_token_id=0)
+    settings = PPOSettings(minibatch_size=4, elastic_reset=ER(enabled=True, reset_every=1))
+    tr = PPOTrainer(tiny_llama(0), settings, pad_token_id=0)
     tr.step(sample(tr, seed=1, b=8))
     state = tr.state_dict()
     bad = sample(tr, seed=2, b=8)
@@ -193,14 +197,14 @@ def test_nan_score_skips_step_and_keeps_weights():
 def test_lora_trainer_moves_only_adapters_and_snapshots_lora():
     base = tiny_llama(0)
     base_state = {k: v.clone() for k, v in base.state_dict().items()}
-    settings = TrainerSettings(lr=1e-2, minibatch_size=8, lora_rank=4, lora_alpha=8,
-                               kl_reference="soup")
+    settings = PPOSettings(lr=1e-2, minibatch_size=8, kl=KLSettings(reference="soup"))
+    lora = LoraSettings(rank=4, alpha=8)
     with pytest.raises(ValueError, match="soup_state"):
-        PPOTrainer(tiny_llama(0), settings, pad_token_id=0)
+        PPOTrainer(tiny_llama(0), settings, pad_token_id=0, lora=lora)
     soup = {k: v * 0.5 + w * 0.5 for (k, v), w in zip(base_state.items(),
                                                       tiny_llama(1).state_dict().values(),
                                                       strict=True)}
-    tr = PPOTrainer(base, settings, pad_token_id=0, soup_state=soup)
+    tr = PPOTrainer(base, settings, pad_token_id=0, soup_state=soup, lora=lora)
     names = list(params(tr.policy))
     assert names and all("lora_" in n for n in names)
     before = params(tr.policy)
@@ -218,9 +222,9 @@ def test_lora_trainer_moves_only_adapters_and_snapshots_lora():
 @pytest.mark.parametrize("target,reset_ema", [("init", True), ("ema", False)])
 def test_elastic_reset_baselines(target, reset_ema):
     # reset-to-init: online <- init; reset-to-EMA without EMA reset: EMA kept after the reset
-    settings = TrainerSettings(lr=3e-3, minibatch_size=8, ppo_epochs=1, elastic_reset=True,
-                               reset_every=2, ema_decay=0.9, reset_target=target,
-                               reset_ema=reset_ema)
+    settings = PPOSettings(lr=3e-3, minibatch_size=8, ppo_epochs=1,
+                           elastic_reset=ER(enabled=True, reset_every=2, ema_decay=0.9,
+                                            target=target, reset_ema=reset_ema))
     tr = PPOTrainer(tiny_llama(0), settings, pad_token_id=0)
     init = params(tr.policy)
     tr.step(sample(tr, seed=1, b=8))
@@ -240,9 +244,10 @@ def test_reset_flags_from_config():
 
     cfg = load_config(None, ["learner.elastic_reset.target=init",
                              "learner.elastic_reset.reset_ema=false"])
-    s = TrainerSettings.from_config(cfg.learner)
-    assert (s.reset_target, s.reset_ema) == ("init", False)
-    default = TrainerSettings.from_config(load_config(None).learner)
-    assert (default.reset_target, default.reset_ema) == ("ema", True)
-    with pytest.raises(ValueError, match="reset_target"):
-        TrainerSettings(reset_target="soup")
+    er = cfg.learner.elastic_reset  # the config embeds the learner's own settings class
+    assert isinstance(cfg.learner, PPOSettings) and isinstance(er, ER)
+    assert (er.target, er.reset_ema) == ("init", False)
+    default = load_config(None).learner.elastic_reset
+    assert (default.target, default.reset_ema) == ("ema", True)
+    with pytest.raises(ValueError, match="target"):
+        ER(target="soup")

@@ -6,12 +6,11 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from actors.engines import Sampling
 from actors.learner import LearnerActor
+from actors.records import Sampling, ScoredSample
 from actors.rollout import RolloutWorker
 from learner.weights import apply_snapshot
 from services.config import load_config
-from services.records import ScoredSample
 
 
 def _logprobs(model, sample) -> torch.Tensor:

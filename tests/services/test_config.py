@@ -132,3 +132,35 @@ def test_model_dir_checks(tmp_path):
 
     (garbage / "config.json").write_text("{broken")
     assert "config.json in" in error_of(None, [f"policy.model_dir={garbage}"])
+
+
+def test_every_config_field_has_a_description():
+    from services.config import RunConfig, fields_of
+
+    missing, seen = [], 0
+
+    def walk(model, prefix: str) -> None:
+        nonlocal seen
+        for name, info in fields_of(model).items():
+            seen += 1
+            if not (info.description or "").strip():
+                missing.append(prefix + name)
+            for sub in (info.annotation, *getattr(info.annotation, "__args__", ())):
+                if fields_of(sub) is not None:
+                    walk(sub, f"{prefix}{name}.")
+
+    walk(RunConfig, "")
+    assert seen > 80 and not missing, missing
+
+
+def test_learner_section_is_the_learner_settings_and_has_no_replicas():
+    from learner.settings import PPOSettings
+    from services.config import ConfigError, load_config
+
+    cfg = load_config(None, ["learner.lr=0.5", "learner.kl.coef=0.2"])
+    assert isinstance(cfg.learner, PPOSettings)
+    assert (cfg.learner.lr, cfg.learner.kl.coef) == (0.5, 0.2)
+    with pytest.raises(ConfigError, match="learner.replicas: unknown key"):
+        load_config(None, ["learner.replicas=3"])
+    with pytest.raises(ConfigError, match="learner.lr: must be > 0"):
+        load_config(None, ["learner.lr=-1"])

@@ -11,9 +11,9 @@ import time
 import pytest
 import ray
 
+from services.bootstrap import train
 from services.config import load_config
 from services.control import find_controller
-from services.pipeline import train
 from tests.conftest import TEST_WORLDS, require_vllm
 
 

@@ -17,8 +17,8 @@ import ray
 import torch
 from safetensors.torch import load_file, save_file
 
+from services.bootstrap import train
 from services.checkpoint import latest_valid
-from services.pipeline import train
 from tests.services.test_pipeline import micro, rows
 
 REPO = Path(__file__).resolve().parents[2]

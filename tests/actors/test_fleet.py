@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from services.fleet import ActorGroup, Member
+from actors.fleet import ActorGroup, Member
 
 
 def test_a_new_pid_is_a_restart_once():

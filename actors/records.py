@@ -10,6 +10,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from pydantic import ConfigDict, Field
+from pydantic import dataclasses as pydantic_dataclasses
+
+Prompt = tuple[int, str]  # (prompt_id, text): the id is the ledger's key
+
+
+@pydantic_dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class Sampling:
+    """How rollout engines sample (the run config's `rollout.sampling`)."""
+
+    max_new_tokens: int = Field(24, ge=1, description="most tokens sampled per completion")
+    temperature: float = Field(1.0, gt=0, allow_inf_nan=False,
+                               description="softmax temperature of the sampling distribution")
+    top_k: int = Field(0, ge=0, description="sample among the k likeliest tokens (0 = off)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass (1 = off)")
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -54,7 +70,7 @@ class TrainBatch:
     """The scored samples of one learner step, plus the learner version they are used at."""
 
     samples: list[ScoredSample]
-    learner_version: int  # version of the learner weights that will consume the batch
+    learner_version: int  # version of the learner weights that consume the batch
 
     def __len__(self) -> int:
         return len(self.samples)

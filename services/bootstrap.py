@@ -1,0 +1,164 @@
+"""Starting a run: Ray (embedded on 127.0.0.1, or a cluster), the actors placed per role,
+the exporter, and `train()` that runs the driver and writes the report."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import ray
+from tqdm import tqdm
+
+from actors.fleet import ActorGroup, Member
+from actors.learner import LearnerActor
+from actors.reward import RewardMember, RewardPool
+from actors.rollout import RolloutWorker
+from services.config import Placement, RunConfig
+from services.control import start_controller
+from services.metrics import Metrics
+from services.tasks.base import Task
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+def init_ray(cfg: RunConfig) -> bool:
+    """Embedded Ray on 127.0.0.1 by default, or join `cluster.address`. True if we started it."""
+    if ray.is_initialized():
+        return False
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if cfg.cluster.address:
+        ray.init(address=cfg.cluster.address, namespace=cfg.cluster.namespace,
+                 runtime_env={"env_vars": env})
+    else:
+        ray.init(num_cpus=cfg.cluster.num_cpus, namespace=cfg.cluster.namespace,
+                 _node_ip_address="127.0.0.1", include_dashboard=False,
+                 runtime_env={"env_vars": env}, log_to_driver=False)
+    return True
+
+
+def remote(cls, res: Placement, name: str, namespace: str):
+    """One actor of a role with that role's resources; named, so ops can find it."""
+    return ray.remote(cls).options(
+        num_cpus=res.num_cpus, num_gpus=res.num_gpus, resources=res.resources or None,
+        max_restarts=res.max_restarts, max_task_retries=0, name=name, namespace=namespace,
+    )
+
+
+@dataclass
+class Fleet:
+    """The run's actors, made from the config and the task: the learner and the controller
+    now, rollout workers and reward members through the groups that scale them."""
+
+    cfg: RunConfig
+    task: Task
+    learner: ray.actor.ActorHandle
+    controller: ray.actor.ActorHandle
+    eval_texts: list[list[int]]  # held-out texts as "<s> text </s>" token ids (drift)
+
+    @classmethod
+    def start(cls, cfg: RunConfig, task: Task) -> Fleet:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(task.tokenizer_dir)
+        eval_texts = [(tokenizer(t)["input_ids"] + [tokenizer.eos_token_id])
+                      [: tokenizer.model_max_length]
+                      for t in task.heldout_texts[: cfg.learner.eval_texts]]
+        start_dir = cfg.policy.model_dir or str(task.policy_dirs[0])
+        learner = remote(LearnerActor, cfg.learner, f"{cfg.name}:learner",
+                         cfg.cluster.namespace).remote(
+            cfg.learner, start_dir, [str(d) for d in task.policy_dirs], init=cfg.policy.init,
+            soup_weights=cfg.learner.soup_weights, lora=cfg.policy.lora,
+            temperature=cfg.rollout.sampling.temperature, seed=cfg.seed,
+            pad_token_id=tokenizer.pad_token_id)
+        controller = start_controller(
+            {"rollout": cfg.rollout.replicas, "reward": cfg.reward.replicas},
+            cfg.cluster.namespace)
+        return cls(cfg, task, learner, controller, eval_texts)
+
+    def rollout(self, on_start: Callable[[Member], None]) -> ActorGroup:
+        cfg = self.cfg
+        start_dir = cfg.policy.model_dir or str(self.task.policy_dirs[0])
+        return ActorGroup("rollout", lambda name: remote(
+            RolloutWorker, cfg.rollout, f"{cfg.name}:{name}", cfg.cluster.namespace).remote(
+                name, start_dir, cfg.rollout.engine, cfg.rollout.sampling, cfg.seed),
+            on_start=on_start)
+
+    def rewards(self, on_failure: Callable[[Member, Exception], None]) -> RewardPool:
+        rc = self.cfg.reward
+        dirs = reward_dirs(self.cfg, self.task)
+        return RewardPool(len(dirs), lambda k, name: remote(
+            RewardMember, rc, f"{self.cfg.name}:{name}", self.cfg.cluster.namespace).remote(
+                k, dirs[k], rc.batch_size), combine_options(self.cfg, self.task), on_failure)
+
+
+def reward_dirs(cfg: RunConfig, task: Task) -> list[str]:
+    """The ensemble's members: reward.model_dirs or the task's, the first reward.members."""
+    dirs = cfg.reward.model_dirs or [str(d) for d in task.reward_dirs]
+    return dirs[: cfg.reward.members or len(dirs)]
+
+
+def combine_options(cfg: RunConfig, task: Task) -> dict:
+    """Keyword arguments of `actors.reward.combine_scores` for this run."""
+    rc = cfg.reward
+    gold = task.gold if rc.gold_eval or rc.gold_in_reward else None
+    if rc.gold_in_reward and gold is None:
+        raise RunFailed(f"reward.gold_in_reward: task {task.name} has no gold scorer")
+    return {"aggregation": rc.aggregation, "uwo_lambda": rc.uwo_lambda, "ddof": rc.ddof,
+            "score_clip": rc.score_clip, "gold": gold, "gold_in_reward": rc.gold_in_reward}
+
+
+class signals_to:
+    """SIGINT/SIGTERM ask the driver to checkpoint and stop at the next turn of its loop."""
+
+    def __init__(self, driver) -> None:
+        self.driver = driver
+        self.saved: dict = {}
+
+    def _handle(self, signum, _frame) -> None:
+        tqdm.write(f"signal {signum}: checkpointing, then stopping")
+        self.driver.stop_requested = True
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers
+                self.saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+def train(cfg: RunConfig, *, resume: bool = False) -> dict:
+    """Build/load the task, start Ray (embedded unless cluster.address), run, report."""
+    from services.pipeline import Driver
+    from services.report import write_report
+    from services.tasks import load_task
+
+    task = load_task(cfg)
+    run_dir = cfg.path
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
+    metrics = Metrics()
+    if cfg.metrics.enabled:
+        port = metrics.serve(cfg.metrics.host, cfg.metrics.port)
+        print(f"metrics: http://{cfg.metrics.host}:{port}/metrics", flush=True)
+        (run_dir / "metrics_port").write_text(str(port))
+    started = init_ray(cfg)
+    driver = None
+    try:
+        driver = Driver(Fleet.start(cfg, task), run_dir, metrics)
+        summary = driver.run(resume=resume)
+    finally:
+        if driver is not None:
+            driver.shutdown()
+        if started:
+            ray.shutdown()
+        metrics.stop()
+    summary["plots"] = write_report(run_dir)
+    return summary

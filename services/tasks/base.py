@@ -1,0 +1,62 @@
+"""What a run needs from a task, whichever kit built it (the tiny world, a user's dataset).
+
+A `Task` names files and prompts, nothing else: the policy's tokenizer and initial model
+dir(s), the reward members, the training prompt stream, evaluation prompts, an optional gold
+scorer (evaluation only) and optional held-out texts for the drift metric.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class PromptStream:
+    """Training prompts as an endless stream of ids, reshuffled every epoch.
+
+    Prompt id i is position i % n of epoch i // n, whose order is a permutation seeded by
+    (seed, epoch): every run seed (and every arm sharing it) sees its own order, and a prompt
+    id means the same text after a resume.
+    """
+
+    prompts: tuple[str, ...]
+    seed: int
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ValueError("PromptStream: no training prompts")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def epoch(self, prompt_id: int) -> int:
+        """The epoch (0-based) that prompt id `prompt_id` belongs to."""
+        return prompt_id // len(self.prompts)
+
+    def text(self, prompt_id: int) -> str:
+        epoch, position = divmod(prompt_id, len(self.prompts))
+        return self.prompts[_permutation(len(self.prompts), self.seed, epoch)[position]]
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    order = list(range(n))
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    return tuple(order)
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything the driver and the actors read of a task."""
+
+    name: str
+    tokenizer_dir: Path
+    policy_dirs: list[Path]  # [0] starts the policy; all of them make the soup (>= 2 for one)
+    reward_dirs: list[Path]  # HF sequence classifiers: the ensemble's K members
+    train: PromptStream
+    eval_prompts: list[str]
+    gold: str | None = None  # "module:callable" (prompts, completions) -> scores; eval only
+    heldout_texts: list[str] = field(default_factory=list)  # drift: perplexity on these
