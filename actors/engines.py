@@ -30,9 +30,13 @@ class RolloutEngine(Protocol):
 
 
 def vllm_available() -> bool:
+    """True if vLLM imports; False if it is not installed. A broken install (vLLM there, its
+    import failing) raises: `auto` must not fall back to transformers silently."""
     try:
         import vllm  # noqa: F401
-    except Exception:
+    except ModuleNotFoundError as e:
+        if e.name != "vllm":
+            raise
         return False
     return True
 
