@@ -12,7 +12,10 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from services.ledger import Ledger
 
 MANIFEST = "manifest.json"
 
@@ -66,3 +69,21 @@ def latest_valid(run_dir: Path) -> Path | None:
         if is_valid(ckpt):
             return ckpt
     return None
+
+
+@dataclass
+class DriverState:
+    """What a checkpoint holds of the driver (the learner saves its own state)."""
+
+    steps: int = 0  # learner versions published
+    cursor: int = 0  # next prompt id
+    ledger: Ledger = field(default_factory=Ledger)
+    restarts: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"steps": self.steps, "cursor": self.cursor, "ledger": self.ledger.to_json(),
+                "restarts": self.restarts}
+
+    @classmethod
+    def from_json(cls, d: dict) -> DriverState:
+        return cls(d["steps"], d["cursor"], Ledger.from_json(d["ledger"]), d["restarts"])

@@ -16,10 +16,9 @@ A worker that fails hands its prompts back (`reissue`); the ledger counts every 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -30,71 +29,49 @@ from actors.fleet import ActorGroup, Member
 from actors.records import Prompt, ScoredSample, StepStats, TrainBatch
 from services import admission
 from services.bootstrap import Fleet, RunFailed, signals_to
-from services.checkpoint import latest_valid, save_checkpoint
-from services.ledger import Ledger
+from services.broadcast import Broadcast
+from services.checkpoint import DriverState, latest_valid, save_checkpoint
+from services.health import Health
 from services.metrics import Metrics
 from services.reporter import Reporter
-
-PROBE_EVERY_S = 1.0  # health probes: how often each actor is asked for its pid
 
 
 @dataclass
 class Gen:  # a generate call in flight
     worker: Member
     prompts: list[Prompt]
-    version: int
-
-
-@dataclass
-class DriverState:
-    """What a checkpoint holds of the driver (the learner saves its own state)."""
-
-    steps: int = 0  # learner versions published
-    cursor: int = 0  # next prompt id
-    ledger: Ledger = field(default_factory=Ledger)
-    restarts: dict[str, int] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {"steps": self.steps, "cursor": self.cursor, "ledger": self.ledger.to_json(),
-                "restarts": self.restarts}
-
-    @classmethod
-    def from_json(cls, d: dict) -> DriverState:
-        return cls(d["steps"], d["cursor"], Ledger.from_json(d["ledger"]), d["restarts"])
 
 
 class Driver:
     def __init__(self, fleet: Fleet, run_dir: Path, metrics: Metrics) -> None:
         self.cfg, self.task, self.run_dir, self.metrics = fleet.cfg, fleet.task, run_dir, metrics
         self.learner, self.controller = fleet.learner, fleet.controller
-        self.rollout: ActorGroup = fleet.rollout(on_start=self._send_weights)
-        self.rewards = fleet.rewards(on_failure=lambda m, e: self._actor_failed(m, "reward", e))
+        self.weights = Broadcast(self.cfg.broadcast.keep_versions, metrics)
+        self.rollout: ActorGroup = fleet.rollout(on_start=self.weights.send_to)
+        self.rewards = fleet.rewards(on_failure=lambda m, e: self.health.failed(m, "reward", e))
         self.eval_texts = fleet.eval_texts
         self.state = DriverState()
         self.reissue: list[int] = []  # prompt ids to hand out again before new ones
         self.gens: dict[ray.ObjectRef, Gen] = {}
         self.buffer: list[ScoredSample] = []  # scored, waiting for a learner step
         self.step: tuple[ray.ObjectRef, TrainBatch] | None = None  # the learner step running
-        self.probes: dict[ray.ObjectRef, tuple[Member, str]] = {}  # info() calls in flight
-        self.snapshots: list[tuple[int, ray.ObjectRef]] = []  # (version, ref), newest last
-        self.base: tuple[int, ray.ObjectRef] | None = None  # LoRA: the frozen base weights
+        self.health = Health(
+            lambda: [(self.rollout, "rollout")] + [(g, "reward") for g in self.rewards.groups],
+            metrics, self.cfg.checkpoint.max_actor_failures, self._give_up)
+        self.health.restarts = self.state.restarts
         self.stop_requested = False
         self.t_start = time.perf_counter()
         metrics.set_max_staleness(self.cfg.rollout.max_staleness)
-
-    @property
-    def version(self) -> int:
-        """The newest published weight version."""
-        return self.snapshots[-1][0]
 
     # -- the loop -------------------------------------------------------------------------
 
     def run(self, resume: bool = False) -> dict:
         if resume:
             self._restore()
-        self.base = ray.get(self.learner.publish_base.remote())  # LoRA only, else None
+        self.weights.base = ray.get(self.learner.publish_base.remote())  # LoRA only, else None
         self._reconcile()  # start the fleet (workers get the base, if any)
-        self._publish(*ray.get(self.learner.publish.remote()))  # the version the run starts at
+        self.weights.publish(self.rollout.active(),  # the version the run starts at
+                             *ray.get(self.learner.publish.remote()))
         self.report = Reporter(self.metrics, self.run_dir, self.cfg.learner.steps,
                                self.state.steps)
         with signals_to(self):
@@ -104,7 +81,7 @@ class Driver:
                 with self.report.phase("issue"):
                     self._fill_rollouts()  # 2. keep workers busy within the staleness bound
                     self.rewards.pump()  # batches whose member was restarting
-                    self._probe()  # health: notice actors Ray restarted, busy or idle
+                    self.health.probe()  # notice actors Ray restarted, busy or idle
                 with self.report.phase("wait"):
                     ready = self._wait()
                 for ref in ready:  # 3. route whatever finished
@@ -120,8 +97,8 @@ class Driver:
             self._on_generated(ref)
         elif ref in self.rewards.jobs:
             self._on_scored(ref)
-        elif ref in self.probes:
-            self._on_probe(ref)
+        elif ref in self.health.probes:
+            self.health.on_probe(ref)
         elif self.step is not None and ref == self.step[0]:
             self._on_learner_step()
             self._maybe_checkpoint()
@@ -141,11 +118,10 @@ class Driver:
                 return
             prompts = self._next_prompts(min(cfg.rollout.prompts_per_batch, room))
             if worker.needs_weights:  # restarted by Ray: a fresh process without weights
-                self._send_weights(worker)
+                self.weights.send_to(worker)
                 worker.needs_weights = False
             worker.inflight += 1
-            self.gens[worker.handle.generate.remote(prompts)] = Gen(worker, prompts,
-                                                                     self.version)
+            self.gens[worker.handle.generate.remote(prompts)] = Gen(worker, prompts)
 
     def _ahead(self) -> int:
         """Prompts that will be trained before a prompt issued now."""
@@ -166,7 +142,7 @@ class Driver:
         try:
             ray.get(ref)  # raises if the worker died mid-call (the samples stay in the store)
         except RayError as e:
-            self._actor_failed(gen.worker, "rollout", e)
+            self.health.failed(gen.worker, "rollout", e)
             self.reissue = sorted([p for p, _ in gen.prompts] + self.reissue)
             return
         gen.worker.succeeded()
@@ -183,7 +159,7 @@ class Driver:
             pid = s.sample.prompt_id
             if not self.state.ledger.is_pending(pid):  # a late duplicate of re-issued work
                 self.metrics.record_dropped("duplicate")
-            elif admission.is_stale(self.version, s, self.cfg.rollout.max_staleness):
+            elif admission.is_stale(self.weights.version, s, self.cfg.rollout.max_staleness):
                 self._drop(pid, "stale")
             else:
                 self.buffer.append(s)
@@ -197,11 +173,11 @@ class Driver:
         if self.step is not None or len(self.buffer) < n:
             return
         batch, self.buffer, stale = admission.take_batch(
-            self.buffer, self.version, self.cfg.rollout.max_staleness, n)
+            self.buffer, self.weights.version, self.cfg.rollout.max_staleness, n)
         for s in stale:  # buffered while newer versions were published
             self._drop(s.sample.prompt_id, "stale")
         if batch is not None:
-            train = TrainBatch(batch, learner_version=self.version)
+            train = TrainBatch(batch, learner_version=self.weights.version)
             self.metrics.observe_staleness(train.staleness)
             self.step = (self.learner.step.remote(batch), train)
 
@@ -221,7 +197,8 @@ class Driver:
         if not stats.skipped:
             self.metrics.record_trained(len(batch))
             with self.report.phase("broadcast"):
-                self._publish(stats.policy_version, snap_ref, nbytes)
+                self.weights.publish(self.rollout.active(), stats.policy_version, snap_ref,
+                                     nbytes)
             self.state.steps = stats.step
             every = self.cfg.learner.eval_every
             if every and stats.step % every == 0:
@@ -229,30 +206,6 @@ class Driver:
                     extra.update(ray.get(self.learner.evaluate.remote(self.eval_texts)))
         self.report.step(stats, batch, extra)
         return stats
-
-    def _publish(self, version: int, snap_ref: ray.ObjectRef, nbytes: int) -> None:
-        """Hand the one ref to every worker; keep only the last few versions referenced."""
-        t0 = time.perf_counter()
-        self.snapshots = [*self.snapshots, (version, snap_ref)][-self.cfg.broadcast.keep_versions:]
-        workers = self.rollout.active()
-        acks = [m.handle.set_weights.remote(version, snap_ref) for m in workers]
-        done, _ = ray.wait(acks, num_returns=len(acks), timeout=60)  # acked, not fire-and-forget
-        self.metrics.record_broadcast(time.perf_counter() - t0, nbytes, version)
-        for member, ack in zip(workers, acks):
-            if ack in done:
-                with contextlib.suppress(RayError):  # a dead worker is handled by its next call
-                    self.metrics.set_policy_version(member.name, ray.get(ack))
-        self.metrics.set_policy_version("learner", version)
-
-    def _send_weights(self, worker: Member) -> None:
-        """A new or restarted worker: (under LoRA the base weights, then) the current version.
-
-        Ray runs these before any generate() submitted later to the same worker.
-        """
-        if self.base is not None:
-            worker.handle.set_weights.remote(*self.base)
-        if self.snapshots:  # else the first publish reaches every worker
-            worker.handle.set_weights.remote(*self.snapshots[-1])
 
     # -- the fleet: scaling, health, faults -----------------------------------------------
 
@@ -271,34 +224,10 @@ class Driver:
         self.metrics.set_desired_actors("rollout", desired["rollout"])
         self.metrics.set_desired_actors("reward", desired["reward"] * len(self.rewards.groups))
 
-    def _probe(self) -> None:
-        """Ask every member for its pid about once a second (queued behind its work)."""
-        groups = [(self.rollout, "rollout")] + [(g, "reward") for g in self.rewards.groups]
-        for group, role in groups:
-            for member in group.due_for_probe(PROBE_EVERY_S):
-                member.probing, member.probed_at = True, time.monotonic()
-                self.probes[member.handle.info.remote()] = (member, role)
-
-    def _on_probe(self, ref: ray.ObjectRef) -> None:
-        member, role = self.probes.pop(ref)
-        member.probing = False
-        try:
-            pid = ray.get(ref)["pid"]
-        except RayError as e:  # dead or restarting: back off; the next probe will tell
-            self._actor_failed(member, role, e)
-            return
-        if member.probed(pid):
-            self.state.restarts[role] = self.state.restarts.get(role, 0) + 1
-            self.metrics.record_restart(role)
-            tqdm.write(f"{member.name} was restarted by Ray (pid {pid})")
-
-    def _actor_failed(self, member: Member, role: str, error: Exception) -> None:
-        if member.failed():  # a new fault (later ones are the same restart still under way)
-            tqdm.write(f"{member.name} failed ({type(error).__name__}); its work is re-issued")
-        if member.failures > self.cfg.checkpoint.max_actor_failures:
-            self._drain_learner()
-            self._checkpoint()
-            raise RunFailed(f"{member.name} failed {member.failures} times in a row: {error}")
+    def _give_up(self, member: Member, error: Exception) -> None:
+        self._drain_learner()
+        self._checkpoint()
+        raise RunFailed(f"{member.name} failed {member.failures} times in a row: {error}")
 
     def _drop(self, prompt_id: int, reason: str) -> None:
         self.state.ledger.dropped(prompt_id, reason)
@@ -306,7 +235,7 @@ class Driver:
 
     def _wait(self) -> list[ray.ObjectRef]:
         step = [self.step[0]] if self.step else []
-        refs = [*self.gens, *self.rewards.jobs, *self.probes, *step]
+        refs = [*self.gens, *self.rewards.jobs, *self.health.probes, *step]
         if not refs:
             time.sleep(0.05)
             return []
@@ -321,7 +250,7 @@ class Driver:
         self.metrics.set_queue_depth("reward", in_scoring)
         self.metrics.set_queue_depth("train", len(self.buffer))
         self.controller.report.remote({
-            "version": self.version, "steps": self.state.steps,
+            "version": self.weights.version, "steps": self.state.steps,
             "rollout_workers": sorted(self.rollout.members),
             "queues": {"rollout": len(self.gens), "reward": len(self.rewards.in_flight()),
                        "train": len(self.buffer)},
@@ -346,6 +275,7 @@ class Driver:
         if ckpt is None:
             raise RunFailed(f"--resume: no valid checkpoint under {self.run_dir / 'checkpoints'}")
         self.state = DriverState.from_json(json.loads((ckpt / "driver.json").read_text()))
+        self.health.restarts = self.state.restarts
         ray.get(self.learner.load.remote(str(ckpt / "learner")))
         self.state.ledger.check(allow_pending=True)
         self.reissue = self.state.ledger.pending()
@@ -362,11 +292,11 @@ class Driver:
         # Let calls in flight finish (briefly), so actors are killed idle and the last
         # probes are counted. (No ray.cancel: in Ray 2.60, cancelling an actor task whose
         # argument is being inlined can crash the driver, ray-project/ray#56123.)
-        in_flight = [*self.gens, *self.rewards.jobs, *self.probes]
+        in_flight = [*self.gens, *self.rewards.jobs, *self.health.probes]
         done, _ = ray.wait(in_flight, num_returns=len(in_flight), timeout=10)
         for ref in done:
-            if ref in self.probes:
-                self._on_probe(ref)
+            if ref in self.health.probes:
+                self.health.on_probe(ref)
         if interrupted:  # what is in flight stays pending in the checkpoint: re-issued
             self.gens.clear()
             self.rewards.clear()
