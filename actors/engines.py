@@ -1,7 +1,10 @@
 """Rollout engines: sample completions with the log-probs of the sampled tokens.
 
-Both engines report *raw* log-probs, log softmax(logits)[a_t] at temperature 1, which is what
-the learner's policy computes; temperature/top-k/top-p only shape the sampling distribution.
+Both engines report the behaviour log-probs: log mu(a_t) under the distribution each token
+was actually drawn from, temperature, top-k and top-p applied (HF: the processed `scores` of
+`generate`; vLLM: `logprobs_mode="processed_logprobs"`). Without top-k/top-p that is
+log softmax(logits / T)[a_t], what the learner computes; with them it is the renormalised
+truncated distribution, which the learner does not reproduce (the config warns).
 Sampling is seeded (HF: per batch, by its first prompt id; vLLM: per prompt) so a batch's
 completions do not depend on which worker ran it or when: a resumed run samples what an
 uninterrupted one would have.
@@ -104,13 +107,13 @@ class HFEngine:
             temperature=sampling.temperature,
             top_k=sampling.top_k or None,
             top_p=sampling.top_p,
-            output_logits=True,
+            output_scores=True,  # processed: temperature, top-k, top-p applied
             return_dict_in_generate=True,
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
         )
         responses = gen.sequences[:, width:]
-        logprobs = torch.log_softmax(torch.stack(gen.logits, dim=1).float(), -1)  # (B, T, V)
+        logprobs = torch.log_softmax(torch.stack(gen.scores, dim=1).float(), -1)  # (B, T, V)
         token_lp = logprobs.gather(-1, responses.unsqueeze(-1)).squeeze(-1)  # (B, T)
         out: list[Sample] = []
         for i, ((prompt_id, text), prompt_ids) in enumerate(zip(prompts, ids)):
@@ -164,6 +167,7 @@ class VLLMEngine:
             seed=seed,
             enforce_eager=True,
             max_model_len=self.max_positions,
+            logprobs_mode="processed_logprobs",  # of the distribution sampled from
             worker_extension_cls="actors.engines.WeightReloadExtension",
         )
         self.tokenizer = self.llm.get_tokenizer()

@@ -32,7 +32,7 @@ def main(config: str = "deploy/configs/micro.yaml", steps: int = 10, overrides=N
                for k, d in enumerate(reward_dirs(cfg, task))]
     combine = combine_options(cfg, task)
     policy = AutoModelForCausalLM.from_pretrained(start, use_safetensors=True)
-    trainer = PPOTrainer(policy, cfg.learner, pad_token_id=engine.tokenizer.pad_token_id,
+    trainer = PPOTrainer(policy, cfg.learner_settings(), pad_token_id=engine.tokenizer.pad_token_id,
                          lora=cfg.policy.lora, temperature=cfg.rollout.sampling.temperature,
                          seed=cfg.seed)
     n, history = cfg.learner.samples_per_step, []

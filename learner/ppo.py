@@ -121,26 +121,67 @@ def gae(
     return advantages, returns
 
 
+def behaviour_weights(
+    prox_logp: torch.Tensor,
+    behav_logp: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    cap: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token importance weights from the behaviour policy mu (the engine that sampled) to
+    the proximal policy pi_prox (the learner's weights when the step starts), detached.
+
+    w = pi_prox(a_t) / mu(a_t) = exp(prox_logp - behav_logp)
+    none:      1                        (the sample is treated as on-policy)
+    tis:       min(w, cap)              (truncated importance sampling)
+    decoupled: w if w <= cap, else 0    (decoupled PPO as AReaL runs it: a token whose weight
+                                         exceeds the cap is dropped from the loss)
+    Shapes (B, T). Stats (token means over `mask`): ratio_mean = mean w, truncated_frac =
+    fraction with w > cap, kl_behaviour = mean((w - 1) - log w), the k3 estimate of
+    KL(mu || pi_prox) from mu's samples.
+    """
+    log_w = (prox_logp - behav_logp).detach()
+    w = torch.exp(log_w)
+    over = w > cap
+    if mode == "none":
+        weights = torch.ones_like(w)
+    elif mode == "tis":
+        weights = torch.clamp(w, max=cap)
+    elif mode == "decoupled":
+        weights = torch.where(over, torch.zeros_like(w), w)
+    else:
+        raise ValueError(f"behaviour_weights: mode '{mode}' is not one of none, tis, decoupled")
+    stats = {"ratio_mean": masked_mean(w, mask),
+             "truncated_frac": masked_mean(over.to(w.dtype), mask),
+             "kl_behaviour": masked_mean((w - 1.0) - log_w, mask)}
+    return weights * mask.to(w.dtype), stats
+
+
 def policy_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_eps: float,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate, token-mean over the masked entries.
 
     ratio = exp(logp - old_logp)
-    L = mean_t max(-A_t * ratio, -A_t * clip(ratio, 1 - eps, 1 + eps))
-    Shapes: all (B, T). Returns (loss scalar, {"clipfrac", "approx_kl"}): clipfrac = fraction of
-    tokens where the clipped term is the active one; approx_kl = mean((ratio - 1) - log ratio)
-    (k3, http://joschu.net/blog/kl-approx.html), both detached.
+    L = mean_t w_t * max(-A_t * ratio, -A_t * clip(ratio, 1 - eps, 1 + eps))
+    w: per-token behaviour weights (`behaviour_weights`; None = 1). Shapes: all (B, T).
+    Returns (loss scalar, {"clipfrac", "approx_kl"}): clipfrac = fraction of tokens where the
+    clipped term is the active one; approx_kl = mean((ratio - 1) - log ratio) (k3,
+    http://joschu.net/blog/kl-approx.html), both detached.
     """
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio)
     pg_loss1 = -advantages * ratio
     pg_loss2 = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    loss = masked_mean(torch.maximum(pg_loss1, pg_loss2), mask)
+    per_token = torch.maximum(pg_loss1, pg_loss2)
+    if weights is not None:
+        per_token = per_token * weights
+    loss = masked_mean(per_token, mask)
     with torch.no_grad():
         clipfrac = masked_mean((pg_loss2 > pg_loss1).to(logp.dtype), mask)
         approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 from pydantic.dataclasses import dataclass
 
 STRICT = ConfigDict(extra="forbid")
@@ -20,11 +20,12 @@ class KLSettings:
     """KL to the reference: a per-token reward penalty (Ziegler et al.) or a loss term."""
 
     estimator: Literal["k1", "k2", "k3"] = Field(
-        "k1", description="per-token estimator of KL(pi || ref): k1 = log r, k2 = (log r)^2 / 2, "
-        "k3 = r - 1 - log r with r = ref / pi (Schulman's note)")
+        "k1", description="per-token estimator of KL(pi || ref) with r = ref / pi (Schulman's "
+        "note): k1 = -log r, k2 = (log r)^2 / 2, k3 = r - 1 - log r")
     mode: Literal["reward", "loss"] = Field(
         "reward", description="reward = subtract beta * KL from each token's reward (Ziegler); "
-        "loss = add beta * mean KL to the policy loss")
+        "loss = add beta * mean KL to the policy loss: with k2 its gradient is that of "
+        "KL(pi || ref), with k3 that of KL(ref || pi); k1 is rejected (zero expected gradient)")
     coef: float = Field(0.05, ge=0, allow_inf_nan=False,
                         description="beta (the initial beta if adaptive)")
     adaptive: bool = Field(False, description="Ziegler's proportional controller on beta")
@@ -34,6 +35,14 @@ class KLSettings:
     reference: Literal["init", "ema", "soup"] = Field(
         "init", description="the KL reference: the initial policy, the Elastic Reset EMA, or "
         "the soup (weight average of the SFT models)")
+
+    @model_validator(mode="after")
+    def _loss_needs_a_gradient(self) -> KLSettings:
+        if self.mode == "loss" and self.estimator == "k1":
+            raise ValueError("kl.mode=loss with estimator k1 has zero expected gradient on "
+                             "samples from pi (it does nothing); use k2 (the gradient of "
+                             "KL(pi || ref)) or k3 (that of KL(ref || pi))")
+        return self
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -82,12 +91,20 @@ class PPOSettings:
     clip_eps: float = Field(0.2, gt=0, allow_inf_nan=False, description="policy ratio clip")
     value_clip: float | None = Field(0.2, gt=0, allow_inf_nan=False,
                                      description="value clip around the old values (None = off)")
-    vf_coef: float = Field(0.1, ge=0, allow_inf_nan=False, description="value-loss weight")
     ent_coef: float = Field(0.0, ge=0, allow_inf_nan=False,
                             description="entropy bonus weight (0 = off, as in most RLHF runs)")
     max_grad_norm: float = Field(1.0, gt=0, allow_inf_nan=False,
                                  description="clip each model's gradient norm to this")
     whiten_advantages: bool = Field(True, description="masked whitening over the batch")
+    off_policy: Literal["none", "tis", "decoupled"] | None = Field(
+        None, description="correction for samples from an older or different policy than the "
+        "learner's (behaviour mu, proximal pi_prox = the learner at the step's start, "
+        "w = pi_prox / mu per token): none = train as on-policy, with the engine's log-probs as "
+        "the old log-probs (no recompute forward); tis = loss * min(w, cap); decoupled = loss * "
+        "w, tokens with w > cap dropped (AReaL). None = tis if rollout.max_staleness > 0 or "
+        "the engine is vLLM, else none")
+    off_policy_cap: float = Field(2.0, ge=1, allow_inf_nan=False,
+                                  description="the cap C on the behaviour weight w")
     kl: KLSettings = Field(default_factory=KLSettings, description="KL to the reference")
     elastic_reset: ElasticResetSettings = Field(default_factory=ElasticResetSettings,
                                                 description="Elastic Reset schedule")

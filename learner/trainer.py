@@ -1,11 +1,14 @@
 """PPOTrainer: the policy, a separate critic, the KL reference, the EMA, optimizers, one step.
 
 `step(batch)` reads in the algorithm's order:
-  1. make experience: old log-probs (current policy), reference and init log-probs, values
+  1. make experience: old log-probs (the proximal policy: the learner's weights now; with
+     off_policy=none the engine's behaviour log-probs instead), reference and init
+     log-probs, values
   2. rewards: sequence score at the last real token, minus beta * per-token KL (kl_mode=reward)
   3. GAE, returns = advantages + values, then whitening of the advantages
-  4. ppo_epochs x minibatches: clipped policy loss + vf_coef * clipped value loss
-     (- ent_coef * entropy, + beta * KL in kl_mode=loss), grad-norm clipping, optimizer steps
+  4. ppo_epochs x minibatches: clipped policy loss (each token weighted by the behaviour
+     correction, `off_policy`) + clipped value loss (- ent_coef * entropy, + beta * KL in
+     kl.mode=loss), grad-norm clipping per model, optimizer steps
   5. EMA update and Elastic Reset per the schedule; KL controller update
 
 Design choices (documented here because the originals differ):
@@ -41,6 +44,7 @@ from torch import nn
 from learner.elastic_reset import ElasticReset, clone_tensors, copy_into_, trainable_tensors
 from learner.kl import get_kl_estimator, kl_k1, kl_k2, kl_per_token, make_kl_controller
 from learner.ppo import (
+    behaviour_weights,
     entropy_from_logits,
     gae,
     kl_penalised_rewards,
@@ -64,7 +68,7 @@ class RolloutBatch:
     response: torch.Tensor  # (B, T) sampled ids, RIGHT-padded
     response_mask: torch.Tensor  # (B, T) 1 = real response token
     scores: torch.Tensor  # (B,) aggregated reward of each sequence
-    logprobs: torch.Tensor | None = None  # (B, T) behaviour log-probs (diagnostics), 0 on padding
+    logprobs: torch.Tensor | None = None  # (B, T) behaviour log-probs mu(a_t), 0 on padding
 
     def __len__(self) -> int:
         return self.query.shape[0]
@@ -259,9 +263,23 @@ class PPOTrainer:
         if not torch.isfinite(scores).all():
             return self._skip(backup, t0, "score")
 
-        # 1. experience: old / reference / init log-probs and values, all without grad
+        if s.whiten_advantages and mask.sum() < 2:  # no variance to whiten with
+            return self._skip(backup, t0, "degenerate")
+
+        # 1. experience: old (proximal) / reference / init log-probs and values, without grad
         with torch.no_grad():
-            old_logp = self._logprobs(self.policy, inputs, rows, plen, response)[0]
+            off_policy = s.off_policy or "none"
+            weights, off_stats = None, {}
+            if off_policy == "none" and batch.logprobs is not None:
+                old_logp = batch.logprobs  # the engine's log-probs: no recompute forward
+            else:
+                old_logp = self._logprobs(self.policy, inputs, rows, plen, response)[0]
+            if off_policy != "none":
+                if batch.logprobs is None:
+                    raise ValueError(f"off_policy={off_policy} needs the behaviour log-probs "
+                                     "(RolloutBatch.logprobs)")
+                weights, off_stats = behaviour_weights(old_logp, batch.logprobs, mask,
+                                                       off_policy, s.off_policy_cap)
             ref_logp = self._ref_logprobs(inputs, rows, plen, response, s.kl.reference)
             init_logp = (ref_logp if s.kl.reference == "init"
                          else self._ref_logprobs(inputs, rows, plen, response, "init"))
@@ -292,12 +310,15 @@ class PPOTrainer:
                 logp, entropy = self._logprobs(self.policy, inputs, idx, plen, response[idx],
                                                with_entropy=True)
                 pg_loss, pg_stats = policy_loss(logp, old_logp[idx], advantages[idx], m,
-                                                s.clip_eps)
+                                                s.clip_eps,
+                                                None if weights is None else weights[idx])
                 values = self._values(inputs, idx, plen, tlen)
                 vf_loss, vf_stats = value_loss(values, old_values[idx], returns[idx], m,
                                                s.value_clip)
                 ent = masked_mean(entropy, m)
-                loss = pg_loss + s.vf_coef * vf_loss - s.ent_coef * ent
+                # The critic is a separate model with its own Adam and clip: a weight on its
+                # loss would only rescale its gradient, which Adam undoes (value_lr sets its pace)
+                loss = pg_loss + vf_loss - s.ent_coef * ent
                 kl_loss = torch.zeros(())
                 if s.kl.mode == "loss":
                     kl_loss = masked_mean(kl_per_token(logp, ref_logp[idx], s.kl.estimator), m)
@@ -360,6 +381,7 @@ class PPOTrainer:
             "response/length_mean": float(mask.sum(dim=1).mean()),
             "elastic/reset": float(reset),
             "elastic/resets": float(self.elastic.schedule.resets if self.elastic else 0),
+            **{f"offpolicy/{k}": float(v) for k, v in off_stats.items()},
             "step/skipped": 0.0,
             "step/version": float(self.version),
             "time/step_s": time.perf_counter() - t0,

@@ -71,7 +71,8 @@ class Fleet:
         start_dir = cfg.policy.model_dir or str(task.policy_dirs[0])
         learner = remote(LearnerActor, cfg.learner, f"{cfg.name}:learner",
                          cfg.cluster.namespace).remote(
-            cfg.learner, start_dir, [str(d) for d in task.policy_dirs], init=cfg.policy.init,
+            cfg.learner_settings(), start_dir, [str(d) for d in task.policy_dirs],
+            init=cfg.policy.init,
             soup_weights=cfg.learner.soup_weights, lora=cfg.policy.lora,
             temperature=cfg.rollout.sampling.temperature, seed=cfg.seed,
             pad_token_id=tokenizer.pad_token_id)

@@ -8,9 +8,12 @@ starts (no Ray, no model) before this succeeds.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
+import importlib.util
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -197,6 +200,17 @@ class RunConfig(Strict):
                              "task.num_sft_seeds >= 2")
         return self
 
+    def learner_settings(self) -> LearnerConfig:
+        """The learner section with `off_policy` resolved: None -> tis if samples can be off
+        the learner's policy (max_staleness > 0, or a vLLM engine's numerics), else none."""
+        if self.learner.off_policy is not None:
+            return self.learner
+        engine = self.rollout.engine
+        if engine == "auto":
+            engine = "vllm" if importlib.util.find_spec("vllm") else "hf"
+        off = self.rollout.max_staleness > 0 or engine == "vllm"
+        return dataclasses.replace(self.learner, off_policy="tis" if off else "none")
+
     def digest(self) -> str:
         """A short stable hash of the whole config."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
@@ -338,6 +352,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         msgs = [_format(err, source, lines, applied) for err in e.errors()]
         raise ConfigError("invalid config:\n  " + "\n  ".join(msgs)) from None
     _check_paths(cfg, source, lines)
+    sampling = cfg.rollout.sampling
+    if sampling.top_k or sampling.top_p < 1:
+        warnings.warn(f"{source}: rollout.sampling top_k={sampling.top_k} top_p="
+                      f"{sampling.top_p}: the engines' behaviour log-probs are of the truncated "
+                      "distribution, the learner's of the full softmax(logits / T); the "
+                      "off-policy weights and the PPO ratio carry that difference", stacklevel=2)
     return cfg
 
 

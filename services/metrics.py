@@ -58,6 +58,9 @@ STEP_STATS = {
     "kl/ref": "raylign_kl_reference_nats",
     "kl/init_k1": "raylign_kl_init_k1_nats",
     "kl/coef": "raylign_kl_coefficient",
+    "offpolicy/ratio_mean": "raylign_offpolicy_ratio_mean",
+    "offpolicy/truncated_frac": "raylign_offpolicy_truncated_ratio",
+    "offpolicy/kl_behaviour": "raylign_offpolicy_kl_behaviour_nats",
 }
 
 # Buckets: staleness in learner versions; step and broadcast times from ~10 ms (tiny world on

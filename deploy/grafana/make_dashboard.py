@@ -89,6 +89,11 @@ ROWS = [
         ("Clip fraction, entropy", "short", "", [
             (f"raylign_policy_clip_ratio{sel()}", "clip fraction"),
             (f"raylign_policy_entropy_nats{sel()}", "entropy")]),
+        ("Off-policy correction", "short",
+         "w = pi_prox / mu per token (learner.off_policy); 1 = the engine sampled on-policy", [
+             (f"raylign_offpolicy_ratio_mean{sel()}", "mean w"),
+             (f"raylign_offpolicy_truncated_ratio{sel()}", "fraction w > cap"),
+             (f"raylign_offpolicy_kl_behaviour_nats{sel()}", "KL(mu || pi_prox)")]),
     ]),
     ("Learner", [
         ("Learner step seconds", "s", "", [

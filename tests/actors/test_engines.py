@@ -14,10 +14,14 @@ from tests.conftest import require_vllm
 SAMPLING = Sampling(max_new_tokens=10)
 
 
-def forward_logprobs(model, sample) -> torch.Tensor:
+def forward_logprobs(model, sample, temperature: float = 1.0, top_k: int = 0) -> torch.Tensor:
+    """log mu(a_t): softmax(logits / T), renormalised over the top k when top_k > 0."""
     ids = torch.tensor([sample.prompt_tokens + sample.response_tokens])
     with torch.no_grad():
-        logits = model(ids).logits[0, len(sample.prompt_tokens) - 1 : -1].float()
+        logits = model(ids).logits[0, len(sample.prompt_tokens) - 1 : -1].float() / temperature
+    if top_k:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
     lp = torch.log_softmax(logits, -1)
     return lp.gather(-1, torch.tensor(sample.response_tokens)[:, None])[:, 0]
 
@@ -46,6 +50,18 @@ def test_hf_engine_logprobs_match_forward(micro_world):
         assert s.finished == (s.response_tokens[-1] == eos)
         assert eos not in s.response_tokens[:-1]  # cut at the first EOS
         torch.testing.assert_close(torch.tensor(s.logprobs), forward_logprobs(model, s),
+                                   atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("temperature,top_k", [(0.7, 0), (1.0, 5)])
+def test_hf_engine_logprobs_are_of_the_distribution_sampled_from(micro_world, temperature,
+                                                                 top_k):
+    engine = HFEngine(micro_world.sft_dirs[0], seed=3)
+    sampling = Sampling(max_new_tokens=10, temperature=temperature, top_k=top_k)
+    model = AutoModelForCausalLM.from_pretrained(micro_world.sft_dirs[0])
+    for s in engine.generate(prompts(micro_world), sampling, version=0, worker_id="w"):
+        torch.testing.assert_close(torch.tensor(s.logprobs),
+                                   forward_logprobs(model, s, temperature, top_k),
                                    atol=1e-4, rtol=1e-4)
 
 

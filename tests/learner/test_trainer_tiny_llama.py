@@ -1,5 +1,6 @@
 """PPOTrainer on a tiny random LlamaForCausalLM with a synthetic reward (fraction of token 7)."""
 
+import math
 import types
 
 import pytest
@@ -251,3 +252,47 @@ def test_reset_flags_from_config():
     assert (default.target, default.reset_ema) == ("ema", True)
     with pytest.raises(ValueError, match="target"):
         ER(target="soup")
+
+
+def _with_own_logprobs(tr, batch):
+    batch.logprobs = tr.compute_logprobs(batch)  # mu = the learner's own policy
+    return batch
+
+
+@pytest.mark.parametrize("mode", ["none", "tis", "decoupled"])
+def test_off_policy_with_on_policy_samples_is_plain_ppo(mode):
+    plain = PPOTrainer(tiny_llama(0), PPOSettings(minibatch_size=8), pad_token_id=0)
+    corrected = PPOTrainer(tiny_llama(0), PPOSettings(minibatch_size=8, off_policy=mode),
+                           pad_token_id=0)
+    batch = sample(plain, seed=1, b=8)
+    a = plain.step(batch)
+    b = corrected.step(_with_own_logprobs(corrected, sample(corrected, seed=1, b=8)))
+    assert a["loss/policy"] == pytest.approx(b["loss/policy"], abs=1e-6)
+    if mode != "none":
+        assert b["offpolicy/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+        assert b["offpolicy/truncated_frac"] == 0.0
+    for k, v in params(plain.policy).items():
+        torch.testing.assert_close(v, params(corrected.policy)[k], atol=1e-5, rtol=0)
+
+
+def test_off_policy_weights_a_stale_behaviour():
+    tr = PPOTrainer(tiny_llama(0), PPOSettings(minibatch_size=8, off_policy="tis",
+                                               off_policy_cap=1.5), pad_token_id=0)
+    batch = _with_own_logprobs(tr, sample(tr, seed=2, b=8))
+    batch.logprobs = batch.logprobs - 1.0 * batch.response_mask  # mu = pi_prox / e
+    stats = tr.step(batch)
+    assert stats["offpolicy/ratio_mean"] == pytest.approx(math.e, rel=1e-5)
+    assert stats["offpolicy/truncated_frac"] == 1.0  # e > 1.5 everywhere
+    assert stats["offpolicy/kl_behaviour"] == pytest.approx(math.e - 2, rel=1e-5)
+    with pytest.raises(ValueError, match="needs the behaviour log-probs"):
+        tr.step(sample(tr, seed=3, b=8))
+
+
+def test_kl_loss_with_k1_is_rejected_and_a_one_token_batch_is_skipped():
+    with pytest.raises(ValueError, match="zero expected gradient"):
+        KLSettings(mode="loss", estimator="k1")
+    tr = PPOTrainer(tiny_llama(0), PPOSettings(minibatch_size=1), pad_token_id=0)
+    batch = sample(tr, seed=1, b=1, ragged=False)
+    batch.response_mask[:, 1:] = 0  # one real token: no variance to whiten with
+    stats = tr.step(batch)
+    assert stats["step/skipped"] == 1 and stats["step/skip_degenerate"] == 1 and tr.version == 0
