@@ -1,8 +1,10 @@
 """Experiments that test the claims raylign is built on (`raylign experiment NAME`).
 
 Each module has `TITLE`, `CLAIM` (claim and what the paper reported) and `run(ctx) -> dict`;
-`run_experiment` trains through `services.pipeline.train`, writes `<out>/<name>.json` and PNGs,
+`run_experiment` trains through `services.bootstrap.train`, writes `<out>/<name>.json` and PNGs,
 and re-renders `results.md` from every JSON in `<out>` (docs/results.md for the default out).
+A research harness beside `benchmarks/`, not installed with the product: it runs from a source
+checkout (the CLI adds the checkout to sys.path).
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ import time
 from pathlib import Path
 
 NAMES = ("overopt", "ensembles", "elastic", "soup", "together")
-DEFAULT_OUT = Path(__file__).resolve().parents[2] / "docs" / "results"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "results"
 
 
 def module(name: str):
     if name not in NAMES:
         raise ValueError(f"unknown experiment '{name}'; valid: {', '.join(NAMES)}")
-    return importlib.import_module(f"services.experiments.{name}")
+    return importlib.import_module(f"experiments.{name}")
 
 
 def doc_path(out: Path) -> Path:
@@ -34,8 +36,8 @@ def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None,
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import ray
 
-    from services.experiments.common import Ctx, finite, world
-    from services.experiments.report import render
+    from experiments.common import Ctx, finite, world
+    from experiments.report import render
 
     mod = module(name)
     out = Path(out) if out is not None else DEFAULT_OUT

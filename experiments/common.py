@@ -1,4 +1,4 @@
-"""What every experiment shares: runs through `services.pipeline.train`, statistics, fits, plots.
+"""What every experiment shares: runs through `services.bootstrap.train`, statistics, fits, plots.
 
 An experiment is a function `run(ctx) -> dict` (the result JSON). It trains its arms with
 `run_arm` (one `train(cfg)` per arm and seed, each with its own `name` under ctx.runs, metrics
@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "deploy/configs/tiny.yaml"
 MICRO = REPO / "deploy/configs/micro.yaml"
 QUICK_WORLDS = REPO / ".cache/test-worlds"  # the tests' micro world (tests/conftest.py)
@@ -83,10 +83,10 @@ def read_rows(run_dir: Path) -> list[dict]:
 
 
 def run_arm(ctx: Ctx, arm: str, seed: int, overrides: Sequence[str]) -> list[dict]:
-    """Train one arm with one seed through `services.pipeline.train`; the metrics rows."""
+    """Train one arm with one seed through `services.bootstrap.train`; the metrics rows."""
     import time
 
-    from services.pipeline import train
+    from services.bootstrap import train
 
     cfg = load_cfg(ctx, [*overrides, f"name={ctx.name}-{arm}-s{seed}", f"seed={seed}"])
     run_dir = cfg.path
@@ -102,7 +102,7 @@ def run_arm(ctx: Ctx, arm: str, seed: int, overrides: Sequence[str]) -> list[dic
             return rows
     if run_dir.exists():
         shutil.rmtree(run_dir)  # metrics.jsonl is appended to: never mix two runs
-    from services.pipeline import init_ray
+    from services.bootstrap import init_ray
 
     ctx.ray_started |= init_ray(cfg)  # one Ray for every run (train() reuses it)
     t0 = time.perf_counter()
@@ -143,6 +143,24 @@ def window_mean(rows: list[dict], key: str, end_step: int, width: int) -> float:
     """Mean of `key` over steps end_step - width + 1 .. end_step."""
     vals = [v for s, v in series(rows, key) if end_step - width < s <= end_step]
     return statistics.fmean(vals) if vals else math.nan
+
+
+def smooth(xs: list[float], k: int = 3) -> list[float]:
+    """Trailing moving average over k points."""
+    return [statistics.fmean(xs[max(0, i - k + 1): i + 1]) for i in range(len(xs))]
+
+
+def eval_points(rows: list[dict], every: int) -> list[dict]:
+    """One point per drift evaluation: perplexity drift (policy - init) at that step and the
+    means of KL to init, gold and proxy over the `every` steps ending there."""
+    pts = []
+    for step, ppl in series(rows, "drift/ppl_policy"):
+        init = dict(series(rows, "drift/ppl_init"))[step]
+        pts.append({"step": step, "ppl_drift": ppl - init,
+                    "kl": window_mean(rows, "kl/init_k1", step, every),
+                    "gold": window_mean(rows, "reward/gold", step, every),
+                    "proxy": window_mean(rows, "reward/proxy", step, every)})
+    return pts
 
 
 def mean_se(xs: Sequence[float]) -> tuple[float, float]:

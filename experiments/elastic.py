@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import statistics
 
-from services.experiments.common import (
+from experiments.common import (
     Ctx,
     bootstrap_diff_ci,
     dominated_share,
+    eval_points,
     fmt,
     fmt_ci,
     mean_se,
@@ -37,8 +38,6 @@ from services.experiments.common import (
     pyplot,
     run_arms,
     save_fig,
-    series,
-    window_mean,
 )
 
 TITLE = "Elastic Reset (Noukhov et al. 2023)"
@@ -77,17 +76,6 @@ def arms(z: dict) -> dict[str, list[str]]:
     out["reset_init"] = [*common, *er, "learner.elastic_reset.target=init"]
     out["reset_ema"] = [*common, *er, "learner.elastic_reset.reset_ema=false"]
     return out
-
-
-def eval_points(rows: list[dict], every: int) -> list[dict]:
-    pts = []
-    for step, ppl in series(rows, "drift/ppl_policy"):
-        init = dict(series(rows, "drift/ppl_init"))[step]
-        pts.append({"step": step, "ppl_drift": ppl - init,
-                    "kl": window_mean(rows, "kl/init_k1", step, every),
-                    "gold": window_mean(rows, "reward/gold", step, every),
-                    "proxy": window_mean(rows, "reward/proxy", step, every)})
-    return pts
 
 
 def run(ctx: Ctx) -> dict:

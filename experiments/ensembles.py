@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from services.experiments.common import (
+from experiments.common import (
     Ctx,
     aggregate_scores,
     bon_curve,
@@ -35,8 +35,8 @@ from services.experiments.common import (
     pyplot,
     run_arms,
     save_fig,
+    smooth,
 )
-from services.experiments.overopt import smooth
 
 TITLE = "Reward-model ensembles (Coste et al. 2023)"
 CLAIM = {

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from services.experiments.common import (
+from experiments.common import (
     Ctx,
     bon_curve,
     bon_samples,
@@ -33,6 +33,7 @@ from services.experiments.common import (
     run_arms,
     save_fig,
     series,
+    smooth,
 )
 
 TITLE = "Over-optimisation (Gao et al. 2022)"
@@ -48,11 +49,6 @@ def sizes(ctx: Ctx) -> dict:
     return {"steps": ctx.size(3, 40), "samples_per_step": ctx.size(16, 32),
             "minibatch_size": ctx.size(8, 16), "lr": ctx.size(1e-4, 1e-4),
             "bon_prompts": ctx.size(4, 32), "bon_n": ctx.size(16, 256)}
-
-
-def smooth(xs: list[float], k: int = 3) -> list[float]:
-    """Trailing moving average over k points."""
-    return [statistics.fmean(xs[max(0, i - k + 1): i + 1]) for i in range(len(xs))]
 
 
 def run(ctx: Ctx) -> dict:

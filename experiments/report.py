@@ -15,7 +15,7 @@ from pathlib import Path
 HEADER = """# Results: do the claims raylign is built on hold in the tiny world?
 
 Every number below comes from `raylign experiment NAME` (`make exp-NAME`), which trains each
-arm through `raylign train` (`services.pipeline.train`) on the tiny world
+arm through `raylign train` (`services.bootstrap.train`) on the tiny world
 (`deploy/configs/tiny.yaml`, with the overrides listed per experiment) and writes
 `docs/results/NAME.json` (all points, fits, per-run timings) and the plots beside it.
 Statistics: mean ± standard error over seeds, or a percentile bootstrap 95% CI (2000
@@ -26,7 +26,7 @@ compound × fluency); proxy = the learned reward model(s).
 
 
 def render(out: Path, doc: Path) -> None:
-    from services.experiments import NAMES
+    from experiments import NAMES
 
     results = {}
     for name in NAMES:
@@ -37,7 +37,7 @@ def render(out: Path, doc: Path) -> None:
     lines = [HEADER, "| experiment | claim | setting | paper reported | we measured | verdict |",
              "|---|---|---|---|---|---|"]
     for name in NAMES:
-        mod = importlib.import_module(f"services.experiments.{name}")
+        mod = importlib.import_module(f"experiments.{name}")
         res = results.get(name)
         if res is None:
             lines.append(f"| [{name}](#{name}) | {mod.CLAIM['claim']} | — | "
@@ -51,13 +51,13 @@ def render(out: Path, doc: Path) -> None:
     if notes.is_file():
         lines += ["", notes.read_text().strip()]
     for name in NAMES:
-        mod = importlib.import_module(f"services.experiments.{name}")
+        mod = importlib.import_module(f"experiments.{name}")
         res = results.get(name)
         lines += ["", f"## {name}", "", f"**{mod.TITLE}**: `raylign experiment {name}`", ""]
         if res is None:
             lines.append("Not run in this session: no results. The command and its default "
                          "size are ready (see the module docstring of "
-                         f"`services/experiments/{name}.py`).")
+                         f"`experiments/{name}.py`).")
             continue
         if res.get("quick"):
             lines.append("*Quick run (micro world, a few steps): checks the command only.*\n")
@@ -79,7 +79,7 @@ def render(out: Path, doc: Path) -> None:
 
 def _world_facts(key: str | None) -> str:
     """A line on the world the runs used (from its build summary, if it is in the cache)."""
-    from services.experiments.common import QUICK_WORLDS, REPO
+    from experiments.common import QUICK_WORLDS, REPO
 
     if not key:
         return ""

@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import statistics
 
-from services.experiments.common import (
+from experiments.common import (
     Ctx,
     bootstrap_ci,
     bootstrap_diff_ci,
     fmt,
     fmt_ci,
+    load_cfg,
     mean_se,
     pyplot,
     run_arms,
     save_fig,
+    smooth,
     world,
 )
-from services.experiments.overopt import smooth
 
 TITLE = "Soup reference (SALSA, Chegini et al. 2024)"
 CLAIM = {
@@ -65,7 +66,6 @@ def final_policy_gold(ctx: Ctx, arm: str, seed: int, prompts: list[str], per_pro
 
     from learner.elastic_reset import copy_into_
     from services.checkpoint import latest_valid
-    from services.experiments.common import load_cfg
     from services.tasks.models import sample_completions
     from services.tasks.tiny_world import gold_score, load_policy
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import statistics
 
-from services.experiments.common import (
+from experiments.common import (
     Ctx,
     bootstrap_diff_ci,
     dominated_share,
+    eval_points,
     fmt,
     fmt_ci,
     mean_se,
@@ -27,7 +28,6 @@ from services.experiments.common import (
     run_arms,
     save_fig,
 )
-from services.experiments.elastic import eval_points
 
 TITLE = "Everything together (raylign's recommended configuration)"
 CLAIM = {

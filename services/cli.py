@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from services.config import ConfigError, load_config
 
@@ -33,7 +34,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"cluster.address={address}")
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"  # a cluster: real node addresses
     cfg = load_config(args.config, overrides)  # fails here, before Ray starts
-    from services.pipeline import train
+    from services.bootstrap import train
 
     summary = train(cfg, resume=args.resume)
     print(json.dumps(summary, indent=1))
@@ -42,15 +43,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 130 if summary["interrupted"] else 0
 
 
+def _experiments():
+    """The research harness `experiments/` of the source checkout (not installed with raylign;
+    `pip install -e .` does not put the checkout on sys.path for console scripts); None if
+    this raylign is not run from a checkout."""
+    try:
+        import experiments
+    except ModuleNotFoundError as e:
+        root = Path(__file__).resolve().parents[1]  # the checkout holding services/
+        if e.name != "experiments":
+            raise
+        if not (root / "experiments" / "__init__.py").is_file():
+            return None
+        sys.path.insert(0, str(root))
+        import experiments
+    return experiments
+
+
 def cmd_experiment(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see prepare)
-    from services.experiments import doc_path, run_experiment
-
-    result = run_experiment(args.name, quick=args.quick, seeds=args.seeds, out=args.out)
+    exp = _experiments()
+    if exp is None:
+        print("raylign experiment needs a source checkout: the experiments/ package is not "
+              "installed with raylign; install raylign from a git clone (pip install -e .)",
+              file=sys.stderr)
+        return 2
+    if args.name not in exp.NAMES:
+        print(f"raylign: unknown experiment '{args.name}'; valid: {', '.join(exp.NAMES)}",
+              file=sys.stderr)
+        return 2
+    result = exp.run_experiment(args.name, quick=args.quick, seeds=args.seeds, out=args.out)
     for claim in result["claims"]:
         print(f"{args.name}: {claim['verdict']}: {claim['measured']}")
     out = args.out or "docs/results"
-    print(f"results: {out}/{args.name}.json, report: {doc_path(out)}")
+    print(f"results: {out}/{args.name}.json, report: {exp.doc_path(out)}")
     return 0
 
 
@@ -101,10 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's checkpoint")
     p.set_defaults(func=cmd_train)
 
-    from services.experiments import NAMES
-
-    p = sub.add_parser("experiment", help="run one experiment (docs/results.md)")
-    p.add_argument("name", choices=NAMES, help="which claim to test")
+    # experiments/ is imported only when the command runs: it lives in the source checkout
+    p = sub.add_parser("experiment", help="run one experiment (docs/results.md; source checkout)")
+    p.add_argument("name", help="which claim to test (overopt, ensembles, ...; an unknown "
+                   "name lists them)")
     p.add_argument("--quick", action="store_true",
                    help="micro world, a few steps: checks the command, not the claim")
     p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; quick 1)")

@@ -66,6 +66,17 @@ def test_experiment_quick(ray_session, micro_world, tmp_path, monkeypatch, name)
 
 
 def test_unknown_experiment_is_refused(capsys):
-    with pytest.raises(SystemExit):
-        main(["experiment", "nope"])
-    assert "invalid choice" in capsys.readouterr().err
+    assert main(["experiment", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown experiment 'nope'" in err and "overopt" in err and "together" in err
+
+
+def test_parser_does_not_import_experiments():
+    """The CLI imports the research harness only when `raylign experiment` runs."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from services.cli import build_parser; "
+            "build_parser().parse_args(['experiment', 'overopt']); "
+            "sys.exit('experiments' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

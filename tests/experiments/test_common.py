@@ -1,0 +1,220 @@
+"""The experiments' statistics helpers (experiments/common.py) on small hand-computed inputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from experiments.common import (
+    aggregate_scores,
+    bon_curve,
+    bootstrap_ci,
+    bootstrap_diff_ci,
+    column,
+    dominated_share,
+    eval_points,
+    finite,
+    fit_bon,
+    fit_rl,
+    fmt,
+    fmt_ci,
+    least_squares,
+    mean_curve,
+    mean_se,
+    pareto_front,
+    series,
+    smooth,
+    window_mean,
+)
+
+nan = math.nan
+
+
+def is_nan(x) -> bool:
+    return x != x
+
+
+# --- curves ------------------------------------------------------------------------------------
+
+
+def test_series_and_column_skip_missing_and_skipped_rows():
+    rows = [{"step": 1, "a": 1.0}, {"step": 2}, {"step": 3, "a": 3.0, "skipped": True},
+            {"step": 4, "a": "4"}]
+    assert series(rows, "a") == [(1, 1.0), (4, 4.0)]
+    assert column(rows, "a") == [1.0, 4.0]
+    assert series(rows, "b") == [] and column(rows, "b") == []
+
+
+def test_window_mean_covers_the_last_width_steps():
+    rows = [{"step": s, "a": float(s)} for s in range(1, 6)]
+    assert window_mean(rows, "a", 4, 2) == 3.5  # steps 3, 4
+    assert window_mean(rows, "a", 4, 1) == 4.0
+    assert window_mean(rows, "a", 5, 10) == 3.0  # the window is cut at step 1
+    assert is_nan(window_mean(rows, "a", 10, 2))  # no step in 9..10
+
+
+def test_smooth_is_a_trailing_moving_average():
+    assert smooth([1.0, 2.0, 3.0, 4.0]) == [1.0, 1.5, 2.0, 3.0]
+    assert smooth([1.0, 5.0, 3.0], k=1) == [1.0, 5.0, 3.0]
+    assert smooth([2.0, 4.0, 6.0], k=2) == [2.0, 3.0, 5.0]
+    assert smooth([]) == []
+
+
+def test_eval_points_pair_drift_with_window_means():
+    rows = [{"step": s, "reward/gold": float(s), "reward/proxy": 2.0 * s, "kl/init_k1": 0.1 * s}
+            for s in range(1, 5)]
+    rows[1] |= {"drift/ppl_policy": 12.0, "drift/ppl_init": 10.0}
+    rows[3] |= {"drift/ppl_policy": 15.0, "drift/ppl_init": 10.0}
+    pts = eval_points(rows, every=2)
+    assert [p["step"] for p in pts] == [2, 4]
+    assert pts[0] == pytest.approx({"step": 2, "ppl_drift": 2.0, "kl": 0.15, "gold": 1.5,
+                                    "proxy": 3.0})
+    assert pts[1] == pytest.approx({"step": 4, "ppl_drift": 5.0, "kl": 0.35, "gold": 3.5,
+                                    "proxy": 7.0})
+
+
+def test_mean_curve_uses_steps_present_in_every_seed():
+    runs = [[{"step": 1, "a": 1.0}, {"step": 2, "a": 2.0}],
+            [{"step": 2, "a": 4.0}, {"step": 3, "a": 1.0}]]
+    steps, means, ses = mean_curve(runs, "a")
+    assert steps == [2] and means == [3.0]
+    assert ses == [pytest.approx(1.0)]  # stdev(2, 4) / sqrt(2) = sqrt(2) / sqrt(2)
+    assert mean_curve([], "a") == ([], [], [])
+
+
+# --- mean, standard error, bootstrap -----------------------------------------------------------
+
+
+def test_mean_se():
+    m, se = mean_se([1.0, 2.0, 3.0])
+    assert m == 2.0 and se == pytest.approx(1 / math.sqrt(3))  # stdev 1
+    assert mean_se([1.0, nan, 3.0]) == (2.0, pytest.approx(1.0))  # NaN dropped
+    m, se = mean_se([5.0])
+    assert m == 5.0 and is_nan(se)  # one seed: no spread
+    assert all(is_nan(x) for x in mean_se([])) and all(is_nan(x) for x in mean_se([nan]))
+
+
+def test_bootstrap_ci():
+    assert bootstrap_ci([0.7] * 5) == (0.7, 0.7)
+    assert bootstrap_ci([2.0] * 4, stat=max) == (2.0, 2.0)
+    # means of 2-resamples of {0, 1} are 0, 0.5, 1 w.p. 1/4, 1/2, 1/4: with 2000 resamples the
+    # 2.5% and 97.5% quantiles are the extremes
+    assert bootstrap_ci([0.0, 1.0]) == (0.0, 1.0)
+    lo, hi = bootstrap_ci([1.0, 2.0, 3.0, 4.0, 10.0])
+    assert 1.0 <= lo < 4.0 < hi <= 10.0  # around the mean 4
+    assert bootstrap_ci([1.0, 2.0, 3.0, 4.0, 10.0]) == (lo, hi)  # fixed seed
+    assert all(is_nan(x) for x in bootstrap_ci([1.0]))
+    assert all(is_nan(x) for x in bootstrap_ci([1.0, nan]))
+
+
+def test_bootstrap_diff_ci():
+    assert bootstrap_diff_ci([3.0, 3.0, 3.0], [1.0, 1.0]) == (2.0, 2.0)
+    assert bootstrap_diff_ci([0.0, 1.0], [0.0, 0.0]) == (0.0, 1.0)
+    lo, hi = bootstrap_diff_ci([1.0, 2.0, 3.0], [0.0, 0.5, 1.0])
+    assert 0.0 <= lo <= 1.5 <= hi <= 3.0  # mean(a) - mean(b) = 1.5; resamples span 0..3
+    assert all(is_nan(x) for x in bootstrap_diff_ci([1.0], [1.0, 2.0]))
+    assert all(is_nan(x) for x in bootstrap_diff_ci([1.0, 2.0], [1.0, nan]))
+
+
+def test_fmt():
+    assert fmt(1.23456) == "1.235"
+    assert fmt(1.23456, 0.1) == "1.235 ± 0.100"
+    assert fmt(2.0, nan) == "2.000" and fmt(2.0, None, digits=1) == "2.0"
+    assert fmt(nan, 0.1) == "n/a"
+    assert fmt_ci(0.1, 0.25, digits=2) == "[0.10, 0.25]" and fmt_ci(nan, nan) == "n/a"
+
+
+def test_finite_replaces_nan_and_inf_recursively():
+    obj = {"a": nan, "b": [1.0, math.inf, (2, -math.inf)], "c": "x", "d": {"e": 0.5}}
+    assert finite(obj) == {"a": None, "b": [1.0, None, [2, None]], "c": "x", "d": {"e": 0.5}}
+
+
+# --- fits --------------------------------------------------------------------------------------
+
+
+def test_least_squares_exact_line():
+    # y = 2 f0 + 3 f1 exactly
+    coef, r2 = least_squares([[1, 0], [0, 1], [1, 1], [2, 1]], [2, 3, 5, 7])
+    assert coef == pytest.approx([2.0, 3.0]) and r2 == pytest.approx(1.0)
+
+
+def test_least_squares_residuals():
+    # no intercept: c = sum(xy) / sum(x^2) = 11/14; SS_res = 5/14, SS_tot = 2/3
+    coef, r2 = least_squares([[1], [2], [3]], [1, 2, 2])
+    assert coef == pytest.approx([11 / 14]) and r2 == pytest.approx(13 / 28)
+
+
+def test_least_squares_degenerate():
+    coef, r2 = least_squares([[1, 0], [0, 1]], [1, 2])  # fewer points than coefficients + 1
+    assert all(is_nan(c) for c in coef) and len(coef) == 2 and is_nan(r2)
+    coef, r2 = least_squares([[1], [1], [1]], [2, 2, 2])  # constant y: R^2 undefined
+    assert coef == pytest.approx([2.0]) and is_nan(r2)
+
+
+def test_fit_rl_recovers_the_gao_rl_form():
+    alpha, beta = 1.0, 0.5
+    d = [0.0, 0.5, 1.0, 2.0, 3.0]  # d = 0 contributes R = 0
+    r = [x * (alpha - beta * math.log(x)) if x > 0 else 0.0 for x in d]
+    fit = fit_rl(d, r)
+    assert fit["alpha"] == pytest.approx(alpha) and fit["beta"] == pytest.approx(beta)
+    assert fit["r2"] == pytest.approx(1.0) and fit["points"] == 5
+    assert fit["form"] == "d*(alpha - beta*log d)"
+
+
+def test_fit_bon_recovers_the_gao_bon_form():
+    d = [0.5, 1.0, 2.0, 3.0]
+    fit = fit_bon(d, [x * (2.0 - 0.25 * x) for x in d])
+    assert fit["alpha"] == pytest.approx(2.0) and fit["beta"] == pytest.approx(0.25)
+    assert fit["r2"] == pytest.approx(1.0) and fit["points"] == 4
+    assert fit["form"] == "d*(alpha - beta*d)"
+
+
+# --- Pareto fronts -----------------------------------------------------------------------------
+
+
+def test_pareto_front_low_drift_high_reward():
+    pts = [(1.0, 1.0), (2.0, 3.0), (0.5, 0.5), (2.0, 2.0), (3.0, 3.0), (1.5, 2.5), (1.0, 0.8)]
+    assert pareto_front(pts) == [(0.5, 0.5), (1.0, 1.0), (1.5, 2.5), (2.0, 3.0)]
+    assert pareto_front([(1.0, 1.0)]) == [(1.0, 1.0)]
+    assert pareto_front([]) == []
+
+
+def test_dominated_share_is_strict():
+    # (1,1) by (1,2): same drift, more reward; (2,2) by (1,2): less drift; (0,5): by none
+    assert dominated_share([(1, 1), (2, 2), (0, 5)], [(1, 2), (2, 2)]) == pytest.approx(2 / 3)
+    assert dominated_share([(2, 2)], [(2, 2)]) == 0.0  # an equal point does not dominate
+    assert dominated_share([(2, 2)], []) == 0.0
+    assert is_nan(dominated_share([], [(0, 9)]))
+
+
+# --- best-of-n and ensembles -------------------------------------------------------------------
+
+
+def test_bon_curve_order_statistics():
+    # prompt 1: proxy order 1 < 2 < 3 picks gold 30, 10, 20; best-of-n gold for n = 1, 2, 3:
+    # mean 20, (10 + 2*20)/3 = 50/3, 20; proxy 2, (2 + 2*3)/3 = 8/3, 3.
+    # prompt 2: proxy 3, 2, 1 -> in proxy order gold 6, 0, 0: gold 2, 0, 0; proxy 2, 8/3, 3.
+    proxy = [[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]]
+    gold = [[30.0, 10.0, 20.0], [0.0, 0.0, 6.0]]
+    c = bon_curve(proxy, gold, [1, 2, 3])
+    assert c["n"] == [1, 2, 3]
+    assert c["gold_at_n1"] == pytest.approx(11.0) and c["proxy_at_n1"] == pytest.approx(2.0)
+    assert c["gold"] == pytest.approx([0.0, 25 / 3 - 11, -1.0])
+    assert c["proxy"] == pytest.approx([0.0, 2 / 3, 1.0])
+    g1, g2 = c["per_prompt_gold"]
+    assert g1 == pytest.approx([20.0, 50 / 3, 20.0]) and g2 == pytest.approx([2.0, 0.0, 0.0])
+    # d = sqrt(KL_bon(n)), KL_bon(n) = log n - (n - 1)/n
+    assert c["d"] == pytest.approx([0.0, math.sqrt(math.log(2) - 1 / 2),
+                                    math.sqrt(math.log(3) - 2 / 3)])
+
+
+def test_aggregate_scores_per_prompt_and_sample():
+    member = [[[1.0, 3.0]], [[3.0, 5.0]]]  # K=2 members, P=1 prompt, N=2 samples
+    assert aggregate_scores(member, "mean") == [[2.0, 4.0]]
+    assert aggregate_scores(member, "min") == [[1.0, 3.0]]
+    assert aggregate_scores(member, "single") == [[1.0, 3.0]]
+    # uwo: mean - 0.5 * var (ddof 0: var of (1, 3) and of (3, 5) is 1)
+    assert aggregate_scores(member, "uwo", uwo_lambda=0.5) == [[1.5, 3.5]]  # exact in binary
+    # ddof 1: var 2
+    assert aggregate_scores(member, "uwo", uwo_lambda=0.5, ddof=1) == [[1.0, 3.0]]
