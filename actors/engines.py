@@ -92,6 +92,7 @@ class HFEngine:
         self, prompts: list[Prompt], sampling: Sampling, *, version: int, worker_id: str
     ) -> list[Sample]:
         tok = self.tokenizer
+        prompts = [p for p in prompts for _ in range(sampling.n)]  # each prompt's group
         ids, cut = _encode_prompts(tok, prompts, self.model.config.max_position_embeddings,
                                    sampling)
         width = max(len(x) for x in ids)
@@ -132,6 +133,7 @@ class HFEngine:
                     response_text=tok.decode(response[:n], skip_special_tokens=True),
                     finished=finished,
                     prompt_truncated=cut[i],
+                    index=i % sampling.n,
                 )
             )
         return out
@@ -194,7 +196,7 @@ class VLLMEngine:
         ids, cut = _encode_prompts(tok, prompts, self.max_positions, sampling)
         params = [
             SamplingParams(
-                n=1,
+                n=sampling.n,
                 max_tokens=sampling.max_new_tokens,
                 temperature=sampling.temperature,
                 top_k=sampling.top_k if sampling.top_k > 0 else -1,
@@ -209,21 +211,22 @@ class VLLMEngine:
         )
         out = []
         for i, ((prompt_id, text), prompt_ids, result) in enumerate(zip(prompts, ids, outputs)):
-            comp = result.outputs[0]
-            response = list(comp.token_ids)
-            lp = [step[token].logprob for step, token in zip(comp.logprobs, response)]
-            out.append(
-                Sample(
-                    prompt_id=prompt_id,
-                    prompt_tokens=list(prompt_ids),
-                    response_tokens=response,
-                    logprobs=lp,
-                    policy_version=version,
-                    worker_id=worker_id,
-                    prompt_text=text,
-                    response_text=tok.decode(response, skip_special_tokens=True),
-                    finished=comp.finish_reason == "stop",
-                    prompt_truncated=cut[i],
+            for index, comp in enumerate(result.outputs):
+                response = list(comp.token_ids)
+                lp = [step[token].logprob for step, token in zip(comp.logprobs, response)]
+                out.append(
+                    Sample(
+                        prompt_id=prompt_id,
+                        prompt_tokens=list(prompt_ids),
+                        response_tokens=response,
+                        logprobs=lp,
+                        policy_version=version,
+                        worker_id=worker_id,
+                        prompt_text=text,
+                        response_text=tok.decode(response, skip_special_tokens=True),
+                        finished=comp.finish_reason == "stop",
+                        prompt_truncated=cut[i],
+                        index=index,
+                    )
                 )
-            )
         return out

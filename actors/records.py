@@ -25,6 +25,8 @@ class Sampling:
                                description="softmax temperature of the sampling distribution")
     top_k: int = Field(0, ge=0, description="sample among the k likeliest tokens (0 = off)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass (1 = off)")
+    n: int = Field(1, ge=1, description="completions per prompt: a group, trained or dropped "
+                   "as one (the grpo/rloo estimators' baseline needs n >= 2)")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Sample:
     response_text: str = ""
     finished: bool = False  # True if the engine stopped at EOS (not at max tokens)
     prompt_truncated: bool = False  # the prompt was cut (from the left) to fit the context
+    index: int = 0  # which of the prompt's n completions (its group shares the prompt id)
 
     def __post_init__(self) -> None:
         if len(self.response_tokens) != len(self.logprobs):

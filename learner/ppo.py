@@ -121,6 +121,34 @@ def gae(
     return advantages, returns
 
 
+def group_advantages(
+    returns: torch.Tensor, groups: torch.Tensor, mode: str, eps: float = 1e-6
+) -> torch.Tensor:
+    """Critic-free advantages of whole sequences against their prompt's group (B,) -> (B,).
+
+    grpo: A_i = (R_i - mean_g R) / (std_g R + eps)      std unbiased (Shao et al. 2024)
+    rloo: A_i = R_i - (sum_g R - R_i) / (G - 1)          leave-one-out mean (Ahmadian et al.)
+    g = the group of i (the samples sharing its prompt id), G its size (>= 2).
+    """
+    _, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    if (counts < 2).any():
+        raise ValueError(f"group_advantages: every group needs >= 2 samples, got sizes "
+                         f"{sorted(set(counts.tolist()))}")
+    r = returns.double()
+    n = counts.double()
+    sums = torch.zeros(len(counts), dtype=r.dtype).index_add_(0, inverse, r)
+    if mode == "grpo":
+        mean = (sums / n)[inverse]
+        sq = torch.zeros(len(counts), dtype=r.dtype).index_add_(0, inverse, (r - mean) ** 2)
+        std = torch.sqrt(sq / (n - 1))[inverse]
+        out = (r - mean) / (std + eps)
+    elif mode == "rloo":
+        out = r - (sums[inverse] - r) / (n[inverse] - 1)
+    else:
+        raise ValueError(f"group_advantages: mode '{mode}' is not one of grpo, rloo")
+    return out.to(returns.dtype)
+
+
 def behaviour_weights(
     prox_logp: torch.Tensor,
     behav_logp: torch.Tensor,

@@ -81,6 +81,11 @@ class LoraSettings:
 class PPOSettings:
     """PPO with a separate critic, GAE and a clipped objective (Schulman et al. 2017)."""
 
+    estimator: Literal["gae", "grpo", "rloo", "reinforce_pp"] = Field(
+        "gae", description="advantage estimator: gae (a critic, the papers' PPO set-up); "
+        "grpo (group-normalised returns), rloo (leave-one-out group baseline) and "
+        "reinforce_pp (whitened returns-to-go) need no critic; grpo and rloo need "
+        "rollout.sampling.n >= 2 completions per prompt")
     lr: float = Field(1e-4, gt=0, allow_inf_nan=False, description="policy Adam learning rate")
     value_lr: float | None = Field(None, gt=0, allow_inf_nan=False,
                                    description="critic learning rate (None = lr)")

@@ -47,6 +47,7 @@ from learner.ppo import (
     behaviour_weights,
     entropy_from_logits,
     gae,
+    group_advantages,
     kl_penalised_rewards,
     logprobs_from_logits,
     masked_mean,
@@ -69,6 +70,7 @@ class RolloutBatch:
     response_mask: torch.Tensor  # (B, T) 1 = real response token
     scores: torch.Tensor  # (B,) aggregated reward of each sequence
     logprobs: torch.Tensor | None = None  # (B, T) behaviour log-probs mu(a_t), 0 on padding
+    groups: torch.Tensor | None = None  # (B,) prompt id of each sample: its group
 
     def __len__(self) -> int:
         return self.query.shape[0]
@@ -100,8 +102,10 @@ class RolloutBatch:
             if has_logprobs:
                 logprobs[i, : len(r)] = torch.tensor(list(samples[i].sample.logprobs))
         scores = torch.tensor([float(s.reward) for s in samples], dtype=torch.float32)
+        groups = torch.tensor([int(getattr(s.sample, "prompt_id", i))
+                               for i, s in enumerate(samples)])
         return cls(query, query_mask, response, response_mask, scores,
-                   logprobs if has_logprobs else None)
+                   logprobs if has_logprobs else None, groups)
 
     def model_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask, position_ids), each (B, P + T); positions skip the
@@ -166,23 +170,25 @@ class PPOTrainer:
             self.ref_model.load_state_dict(soup_state, strict=True)
             self.ref_model.requires_grad_(False).eval()
 
-        # critic: a copy of the initial trunk + a scalar head
-        trunk = copy.deepcopy(policy.base_model)
+        # critic (GAE only): a copy of the initial trunk + a scalar head
+        trunk = copy.deepcopy(policy.base_model) if s.estimator == "gae" else None
         if lora is not None:
             from peft import LoraConfig, get_peft_model
 
-            trunk.requires_grad_(False)
-            trunk = get_peft_model(trunk, LoraConfig(r=lora.rank, lora_alpha=lora.alpha,
-                                                     target_modules=lora.target_modules))
+            if trunk is not None:
+                trunk.requires_grad_(False)
+                trunk = get_peft_model(trunk, LoraConfig(r=lora.rank, lora_alpha=lora.alpha,
+                                                         target_modules=lora.target_modules))
             policy = get_peft_model(policy, LoraConfig(
                 task_type="CAUSAL_LM", r=lora.rank, lora_alpha=lora.alpha,
                 target_modules=lora.target_modules))
-        self.critic = Critic(trunk, policy.config.hidden_size, self.generator).eval()
+        self.critic = (None if trunk is None else
+                       Critic(trunk, policy.config.hidden_size, self.generator).eval())
         self.policy = policy.eval()
 
         # initial weights (EMA reset target, init reference, drift metric), EMA, optimizers
         self.init = clone_tensors(trainable_tensors(self.policy))
-        self.critic_init = clone_tensors(trainable_tensors(self.critic))
+        self.critic_init = clone_tensors(self._critic_tensors())
         self.elastic: ElasticReset | None = None
         if er.enabled or s.kl.reference == "ema":
             self.elastic = ElasticReset(
@@ -192,8 +198,8 @@ class PPOTrainer:
                 reset_optimizer=er.reset_optimizer, init=self.init, target=er.target,
                 reset_ema=er.reset_ema)
         self.policy_opt = torch.optim.Adam(list(trainable_tensors(self.policy).values()), lr=s.lr)
-        self.critic_opt = torch.optim.Adam(list(trainable_tensors(self.critic).values()),
-                                           lr=s.value_lr or s.lr)
+        self.critic_opt = (None if self.critic is None else torch.optim.Adam(
+            list(self._critic_tensors().values()), lr=s.value_lr or s.lr))
         self.kl_ctl = make_kl_controller(s.kl.coef, s.kl.adaptive, s.kl.target, s.kl.horizon)
         self.version = 0  # completed (not skipped) steps = published weight version
         self.skipped = 0
@@ -208,6 +214,9 @@ class PPOTrainer:
         logits = out.logits[:, plen - 1: plen + t - 1].float() / self.temperature
         logp = logprobs_from_logits(logits, response)
         return (logp, entropy_from_logits(logits)) if with_entropy else (logp, None)
+
+    def _critic_tensors(self) -> dict[str, torch.Tensor]:
+        return {} if self.critic is None else trainable_tensors(self.critic)
 
     def _values(self, inputs: tuple, batch_rows, plen: int, tlen: int) -> torch.Tensor:
         ids, attn, pos = (x[batch_rows] for x in inputs)
@@ -248,6 +257,30 @@ class PPOTrainer:
 
     # -- the step ----------------------------------------------------------------------------
 
+    def _advantages(self, rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                    groups: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(advantages, returns), both (B, T), by `estimator`:
+        gae:          GAE(gamma, lam) with the critic's values; whitened if whiten_advantages
+        reinforce_pp: returns-to-go R_t = sum_{k>=t} gamma^(k-t) r_k (no critic), whitened over
+                      the batch if whiten_advantages (REINFORCE++)
+        grpo, rloo:   the sequence's return R = sum_t r_t against its prompt group
+                      (`group_advantages`), the same on every token; not whitened
+        r_t: the per-token rewards (score at the last token, minus beta * KL in kl.mode=reward).
+        """
+        s = self.settings
+        if s.estimator in ("grpo", "rloo"):
+            if groups is None:
+                raise ValueError(f"estimator={s.estimator} needs the prompt groups "
+                                 "(RolloutBatch.groups)")
+            seq = group_advantages(masked_sum(rewards, mask, dim=1), groups, s.estimator)
+            m = mask.to(rewards.dtype)
+            return seq[:, None] * m, masked_sum(rewards, mask, dim=1)[:, None] * m
+        lam = s.lam if s.estimator == "gae" else 1.0  # lam 1 and V = 0: returns-to-go
+        advantages, returns = gae(rewards, values, mask, gamma=s.gamma, lam=lam)
+        if s.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        return advantages, returns
+
     def step(self, batch: RolloutBatch) -> dict[str, float]:
         """One PPO iteration on `batch`; returns namespaced scalar stats."""
         t0 = time.perf_counter()
@@ -283,7 +316,8 @@ class PPOTrainer:
             ref_logp = self._ref_logprobs(inputs, rows, plen, response, s.kl.reference)
             init_logp = (ref_logp if s.kl.reference == "init"
                          else self._ref_logprobs(inputs, rows, plen, response, "init"))
-            old_values = self._values(inputs, rows, plen, tlen)
+            old_values = (self._values(inputs, rows, plen, tlen) if self.critic is not None
+                          else torch.zeros_like(mask))
 
             # 2. rewards: score at the last real token, minus beta * KL per token
             beta = self.kl_ctl.value
@@ -291,16 +325,14 @@ class PPOTrainer:
             penalty_beta = beta if s.kl.mode == "reward" else 0.0
             rewards = kl_penalised_rewards(scores, kl_tok, mask, penalty_beta)
 
-            # 3. GAE; returns before whitening
-            advantages, returns = gae(rewards, old_values, mask, gamma=s.gamma, lam=s.lam)
+            # 3. advantages (the estimator's), returns before whitening
+            advantages, returns = self._advantages(rewards, old_values, mask, batch.groups)
             raw_adv_mean = masked_mean(advantages, mask)
-            if s.whiten_advantages:
-                advantages = masked_whiten(advantages, mask)
 
         # 4. epochs x minibatches
         mb = min(s.minibatch_size, b)
         policy_params = list(trainable_tensors(self.policy).values())
-        critic_params = list(trainable_tensors(self.critic).values())
+        critic_params = list(self._critic_tensors().values())
         acc: dict[str, list[float]] = {}
         for _ in range(s.ppo_epochs):
             perm = torch.randperm(b, generator=self.generator)
@@ -312,9 +344,12 @@ class PPOTrainer:
                 pg_loss, pg_stats = policy_loss(logp, old_logp[idx], advantages[idx], m,
                                                 s.clip_eps,
                                                 None if weights is None else weights[idx])
-                values = self._values(inputs, idx, plen, tlen)
-                vf_loss, vf_stats = value_loss(values, old_values[idx], returns[idx], m,
-                                               s.value_clip)
+                vf_loss, vf_clip = torch.zeros(()), torch.zeros(())
+                if self.critic is not None:
+                    values = self._values(inputs, idx, plen, tlen)
+                    vf_loss, vf_stats = value_loss(values, old_values[idx], returns[idx], m,
+                                                   s.value_clip)
+                    vf_clip = vf_stats["clipfrac"]
                 ent = masked_mean(entropy, m)
                 # The critic is a separate model with its own Adam and clip: a weight on its
                 # loss would only rescale its gradient, which Adam undoes (value_lr sets its pace)
@@ -325,22 +360,23 @@ class PPOTrainer:
                     loss = loss + beta * kl_loss
                 if not torch.isfinite(loss):
                     return self._skip(backup, t0, "loss")
-                self.policy_opt.zero_grad(set_to_none=True)
-                self.critic_opt.zero_grad(set_to_none=True)
+                optimizers = [o for o in (self.policy_opt, self.critic_opt) if o is not None]
+                for o in optimizers:
+                    o.zero_grad(set_to_none=True)
                 loss.backward()
                 gn = torch.nn.utils.clip_grad_norm_(policy_params, s.max_grad_norm)
                 gv = torch.nn.utils.clip_grad_norm_(critic_params, s.max_grad_norm)
                 if not (torch.isfinite(gn) and torch.isfinite(gv)):
                     return self._skip(backup, t0, "grad")
-                self.policy_opt.step()
-                self.critic_opt.step()
+                for o in optimizers:
+                    o.step()
                 if self.elastic is not None:
                     self.elastic.on_step(self.policy)
                 for k, v in (("loss/policy", pg_loss), ("loss/value", vf_loss),
                              ("loss/kl", kl_loss), ("loss/total", loss),
                              ("policy/clipfrac", pg_stats["clipfrac"]),
                              ("policy/approx_kl", pg_stats["approx_kl"]),
-                             ("policy/entropy", ent), ("value/clipfrac", vf_stats["clipfrac"]),
+                             ("policy/entropy", ent), ("value/clipfrac", vf_clip),
                              ("grad/norm", gn), ("grad/value_norm", gv)):
                     acc.setdefault(k, []).append(float(v.detach()))
             if self.elastic is not None:
@@ -351,11 +387,12 @@ class PPOTrainer:
         if self.elastic is not None:
             reset = self.elastic.end_iteration(self.policy)
         if reset:
-            if s.elastic_reset.reset_value_head:
+            critic_reset = s.elastic_reset.reset_value_head and self.critic is not None
+            if critic_reset:
                 copy_into_(self.critic, self.critic_init)
             if s.elastic_reset.reset_optimizer:
                 self.policy_opt.state.clear()
-                if s.elastic_reset.reset_value_head:
+                if critic_reset:
                     self.critic_opt.state.clear()
         with torch.no_grad():
             kl_ref_seq = masked_sum(kl_k1(old_logp, ref_logp), mask, dim=1)
@@ -410,9 +447,9 @@ class PPOTrainer:
     def _state(self, include_init: bool = True) -> dict:
         state = {
             "policy": trainable_tensors(self.policy),
-            "critic": trainable_tensors(self.critic),
+            "critic": self._critic_tensors(),
             "policy_opt": self.policy_opt.state_dict(),
-            "critic_opt": self.critic_opt.state_dict(),
+            "critic_opt": None if self.critic_opt is None else self.critic_opt.state_dict(),
             "kl_ctl": self.kl_ctl.state_dict(),
             "elastic": None if self.elastic is None else {
                 "ema": self.elastic.ema, "schedule": self.elastic.schedule.state_dict()},
@@ -435,9 +472,11 @@ class PPOTrainer:
     @torch.no_grad()
     def _load_state(self, state: dict) -> None:
         copy_into_(self.policy, state["policy"])
-        copy_into_(self.critic, state["critic"])
+        if self.critic is not None:
+            copy_into_(self.critic, state["critic"])
         self.policy_opt.load_state_dict(state["policy_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
+        if self.critic_opt is not None:
+            self.critic_opt.load_state_dict(state["critic_opt"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         if "init" in state:
             self.init = clone_tensors(state["init"])
@@ -480,7 +519,7 @@ class PPOTrainer:
             "counters": state["counters"],
         }
         for name in ("policy_opt", "critic_opt"):
-            meta[name] = _flatten_optimizer(state[name], name, tensors)
+            meta[name] = state[name] and _flatten_optimizer(state[name], name, tensors)
         save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()},
                   str(out / "state.safetensors"))
         (out / "state.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
@@ -506,7 +545,7 @@ class PPOTrainer:
             "policy": group("policy"), "critic": group("critic"), "init": group("init"),
             "critic_init": group("critic_init"),
             "policy_opt": _unflatten_optimizer(meta["policy_opt"], tensors),
-            "critic_opt": _unflatten_optimizer(meta["critic_opt"], tensors),
+            "critic_opt": meta["critic_opt"] and _unflatten_optimizer(meta["critic_opt"], tensors),
             "kl_ctl": meta["kl_ctl"],
             "elastic": None if meta["schedule"] is None else {
                 "ema": group("ema"), "schedule": meta["schedule"]},
@@ -514,7 +553,7 @@ class PPOTrainer:
             "counters": meta["counters"],
         }
         for g in ("policy", "critic"):
-            live = trainable_tensors(self.policy if g == "policy" else self.critic)
+            live = trainable_tensors(self.policy) if g == "policy" else self._critic_tensors()
             if set(live) != set(state[g]):
                 diff = sorted(set(live) ^ set(state[g]))[:5]
                 raise ValueError(f"load: {g} tensors differ from this trainer's: {diff}")

@@ -34,11 +34,20 @@ def issue_room(*, samples_per_step: int, max_staleness: int, steps_left: int,
 
 def take_batch(buffer: list[ScoredSample], learner_version: int, max_staleness: int,
                n: int) -> tuple[list[ScoredSample] | None, list[ScoredSample], list[ScoredSample]]:
-    """(batch, rest, stale): the n lowest prompt ids among the fresh samples of `buffer` (None
-    if fewer than n are fresh), the fresh samples left over, and the samples over the bound."""
+    """(batch, rest, stale): the first n fresh samples of `buffer` by (prompt id, index) (None
+    if fewer than n are fresh), the fresh samples left over, and the samples over the bound.
+    Groups (a prompt's completions) are whole when n is a multiple of their size."""
     stale = [s for s in buffer if is_stale(learner_version, s, max_staleness)]
     fresh = sorted((s for s in buffer if not is_stale(learner_version, s, max_staleness)),
-                   key=lambda s: s.sample.prompt_id)
+                   key=lambda s: (s.sample.prompt_id, s.sample.index))
     if len(fresh) < n:
         return None, fresh, stale
     return fresh[:n], fresh[n:], stale
+
+
+def groups(samples: list[ScoredSample]) -> list[tuple[int, list[ScoredSample]]]:
+    """(prompt id, its samples) in order of first appearance: the ledger counts prompts."""
+    out: dict[int, list[ScoredSample]] = {}
+    for s in samples:
+        out.setdefault(s.sample.prompt_id, []).append(s)
+    return list(out.items())

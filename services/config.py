@@ -194,6 +194,13 @@ class RunConfig(Strict):
             raise ValueError(
                 f"reward.aggregation={self.reward.aggregation} needs at least 2 members, got {k}"
             )
+        n, est = self.rollout.sampling.n, self.learner.estimator
+        if est in ("grpo", "rloo") and n < 2:
+            raise ValueError(f"learner.estimator={est} needs rollout.sampling.n >= 2 "
+                             f"completions per prompt (its group baseline), got {n}")
+        if self.learner.samples_per_step % n:
+            raise ValueError(f"rollout.sampling.n ({n}) must divide learner.samples_per_step "
+                             f"({self.learner.samples_per_step}): groups are trained whole")
         uses_soup = self.learner.kl.reference == "soup" or self.policy.init == "soup"
         if uses_soup and self.task.num_sft_seeds < 2:
             raise ValueError("a soup (policy.init or learner.kl.reference) needs "

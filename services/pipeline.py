@@ -106,13 +106,13 @@ class Driver:
     # -- one prompt's path ----------------------------------------------------------------
 
     def _fill_rollouts(self) -> None:
-        cfg = self.cfg
+        cfg, n = self.cfg, self.cfg.rollout.sampling.n
         while True:
-            room = admission.issue_room(
+            room = admission.issue_room(  # in samples; a prompt makes a group of n
                 samples_per_step=cfg.learner.samples_per_step,
                 max_staleness=cfg.rollout.max_staleness,
                 steps_left=cfg.learner.steps - self.state.steps,
-                step_running=self.step is not None, ahead=self._ahead())
+                step_running=self.step is not None, ahead=self._ahead()) // n
             worker = self.rollout.pick(cfg.rollout.max_inflight_per_worker)
             if room <= 0 or worker is None:
                 return
@@ -124,9 +124,10 @@ class Driver:
             self.gens[worker.handle.generate.remote(prompts)] = Gen(worker, prompts)
 
     def _ahead(self) -> int:
-        """Prompts that will be trained before a prompt issued now."""
-        return (sum(len(g.prompts) for g in self.gens.values())
-                + sum(len(p) for p in self.rewards.in_flight()) + len(self.buffer))
+        """Samples that will be trained before those of a prompt issued now."""
+        prompts = (sum(len(g.prompts) for g in self.gens.values())
+                   + sum(len(p) for p in self.rewards.in_flight()))
+        return prompts * self.cfg.rollout.sampling.n + len(self.buffer)
 
     def _next_prompts(self, n: int) -> list[Prompt]:
         ids, self.reissue = self.reissue[:n], self.reissue[n:]
@@ -152,18 +153,20 @@ class Driver:
         scored = self.rewards.collect(ref)
         if scored is None:  # a member failed: the pool scores the batch again
             return
-        for s in scored.quarantined:
-            self._drop(s.sample.prompt_id, "nonfinite_reward")
-            self.metrics.record_nonfinite("reward")
-        for s in scored.samples:
-            pid = s.sample.prompt_id
-            if not self.state.ledger.is_pending(pid):  # a late duplicate of re-issued work
+        every = scored.samples + scored.quarantined
+        quarantined = {s.sample.prompt_id for s in scored.quarantined}
+        self.metrics.record_nonfinite("reward", len(scored.quarantined))
+        buffered = {s.sample.prompt_id for s in self.buffer}
+        for pid, group in admission.groups(every):  # a prompt's group is kept or dropped whole
+            if not self.state.ledger.is_pending(pid) or pid in buffered:  # late duplicate
                 self.metrics.record_dropped("duplicate")
-            elif admission.is_stale(self.weights.version, s, self.cfg.rollout.max_staleness):
+            elif pid in quarantined:
+                self._drop(pid, "nonfinite_reward")
+            elif admission.is_stale(self.weights.version, group[0],
+                                    self.cfg.rollout.max_staleness):
                 self._drop(pid, "stale")
             else:
-                self.buffer.append(s)
-        every = scored.samples + scored.quarantined
+                self.buffer += group
         self.report.truncated += sum(s.sample.prompt_truncated for s in every)
         self.metrics.record_samples(every[0].sample.worker_id if every else "?", len(every),
                                     sum(len(s.sample.response_tokens) for s in every))
@@ -174,8 +177,8 @@ class Driver:
             return
         batch, self.buffer, stale = admission.take_batch(
             self.buffer, self.weights.version, self.cfg.rollout.max_staleness, n)
-        for s in stale:  # buffered while newer versions were published
-            self._drop(s.sample.prompt_id, "stale")
+        for pid, _ in admission.groups(stale):  # buffered while newer versions were published
+            self._drop(pid, "stale")
         if batch is not None:
             train = TrainBatch(batch, learner_version=self.weights.version)
             self.metrics.observe_staleness(train.staleness)
@@ -188,11 +191,11 @@ class Driver:
             stats, snap_ref, nbytes = ray.get(ref)
         except RayError as e:
             raise RunFailed(f"the learner failed: {e}; resume with --resume") from e
-        for s in batch.samples:
+        for pid, _ in admission.groups(batch.samples):
             if stats.skipped:
-                self._drop(s.sample.prompt_id, "skipped_step")
+                self._drop(pid, "skipped_step")
             else:
-                self.state.ledger.trained(s.sample.prompt_id)
+                self.state.ledger.trained(pid)
         extra = {"data/epoch": float(self.task.train.epoch(self.state.cursor))}
         if not stats.skipped:
             self.metrics.record_trained(len(batch))

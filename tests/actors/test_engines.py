@@ -65,6 +65,14 @@ def test_hf_engine_logprobs_are_of_the_distribution_sampled_from(micro_world, te
                                    atol=1e-4, rtol=1e-4)
 
 
+def test_hf_engine_samples_a_group_per_prompt(micro_world):
+    engine = HFEngine(micro_world.sft_dirs[0], seed=3)
+    ps = prompts(micro_world, 3)
+    out = engine.generate(ps, Sampling(max_new_tokens=10, n=4), version=0, worker_id="w")
+    assert [(s.prompt_id, s.index) for s in out] == [(p, i) for p, _ in ps for i in range(4)]
+    assert len({tuple(s.response_tokens) for s in out}) > 3  # the group's completions differ
+
+
 def test_hf_engine_is_seeded_by_prompt_ids(micro_world):
     a = HFEngine(micro_world.sft_dirs[0], seed=3)
     b = HFEngine(micro_world.sft_dirs[0], seed=3)
@@ -98,6 +106,9 @@ def test_vllm_engine_logprobs_and_in_place_reload(micro_world):
         assert len(s.response_tokens) == len(s.logprobs) >= 1
         torch.testing.assert_close(torch.tensor(s.logprobs), forward_logprobs(model, s),
                                    atol=2e-3, rtol=2e-3)
+    group = engine.generate(prompts(micro_world, 2), Sampling(max_new_tokens=10, n=3),
+                            version=0, worker_id="v")
+    assert [(s.prompt_id, s.index) for s in group] == [(p, i) for p in (0, 1) for i in range(3)]
     # In-place reload (no engine rebuild): log-probs now follow the new weights.
     llm = engine.llm
     target = perturbed(micro_world.sft_dirs[0])

@@ -1,5 +1,7 @@
 """Exact PPO math on small hand-computed tensors (no model)."""
 
+import math
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -136,3 +138,26 @@ def test_entropy_and_logprobs_from_logits():
     assert_close(h, T([[1.5 * torch.log(T(2.0)).item(), 0.0]]), atol=1e-6, rtol=0)
     lp = logprobs_from_logits(logits, torch.tensor([[1, 0]]))
     assert_close(lp, torch.log(T([[0.25, 1.0]])))
+
+
+def test_group_advantages_grpo_and_rloo_by_hand():
+    from learner.ppo import group_advantages
+
+    # group 7: returns 1, 2, 3 (mean 2, unbiased std 1); group 4: returns 0, 4 (mean 2, std 2.828)
+    returns = torch.tensor([1.0, 0.0, 2.0, 4.0, 3.0])
+    groups = torch.tensor([7, 4, 7, 4, 7])
+    grpo = group_advantages(returns, groups, "grpo", eps=0.0)
+    s = math.sqrt(8.0)
+    torch.testing.assert_close(grpo, torch.tensor([-1.0, -2 / s, 0.0, 2 / s, 1.0]))
+    rloo = group_advantages(returns, groups, "rloo")
+    # 1 - (2+3)/2, 0 - 4, 2 - (1+3)/2, 4 - 0, 3 - (1+2)/2
+    torch.testing.assert_close(rloo, torch.tensor([-1.5, -4.0, 0.0, 4.0, 1.5]))
+
+
+def test_group_advantages_need_groups_of_two():
+    from learner.ppo import group_advantages
+
+    with pytest.raises(ValueError, match=">= 2 samples"):
+        group_advantages(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0, 0, 1]), "rloo")
+    with pytest.raises(ValueError, match="not one of grpo, rloo"):
+        group_advantages(torch.tensor([1.0, 2.0]), torch.tensor([0, 0]), "ppo")

@@ -296,3 +296,45 @@ def test_kl_loss_with_k1_is_rejected_and_a_one_token_batch_is_skipped():
     batch.response_mask[:, 1:] = 0  # one real token: no variance to whiten with
     stats = tr.step(batch)
     assert stats["step/skipped"] == 1 and stats["step/skip_degenerate"] == 1 and tr.version == 0
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "rloo", "reinforce_pp"])
+def test_critic_free_estimators_train_without_a_critic(estimator, tmp_path):
+    settings = PPOSettings(lr=1e-2, minibatch_size=8, estimator=estimator)
+    tr = PPOTrainer(tiny_llama(0), settings, pad_token_id=0)
+    assert tr.critic is None and tr.critic_opt is None
+    before = params(tr.policy)
+    for i in range(2):
+        batch = sample(tr, seed=10 + i, b=16)
+        batch.groups = torch.arange(16) // 4  # 4 prompts x 4 completions
+        stats = tr.step(batch)
+        assert stats["step/skipped"] == 0 and math.isfinite(stats["loss/policy"])
+        assert stats["loss/value"] == 0.0
+    assert any(not torch.equal(v, before[k]) for k, v in params(tr.policy).items())
+    tr.save(tmp_path / "c")
+    again = PPOTrainer(tiny_llama(0), settings, pad_token_id=0)
+    again.load(tmp_path / "c")
+    assert _all_equal(tr.policy, again.policy) and again.version == 2
+
+
+def test_advantages_by_estimator_by_hand():
+    rewards = torch.tensor([[0.0, 1.0, 2.0], [1.0, 3.0, 0.0], [2.0, 0.0, 0.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 0, 0]])
+    groups = torch.tensor([0, 0, 1, 1])  # returns: 3, 4 | 2, 4
+    m = mask.float()
+
+    def adv(estimator, **kw):
+        tr = PPOTrainer(tiny_llama(0), PPOSettings(estimator=estimator, **kw), pad_token_id=0)
+        return tr._advantages(rewards, torch.zeros(4, 3), mask, groups)
+
+    a, r = adv("rloo")
+    torch.testing.assert_close(a, torch.tensor([[-1.0], [1.0], [-2.0], [2.0]]) * m)
+    torch.testing.assert_close(r, torch.tensor([[3.0], [4.0], [2.0], [4.0]]) * m)
+    a, _ = adv("grpo")  # +-1/sqrt(2) of the unbiased std, divided: +-0.7071
+    s = 1 / math.sqrt(2)
+    torch.testing.assert_close(a, torch.tensor([[-s], [s], [-s], [s]]) * m, atol=1e-5, rtol=0)
+    a, r = adv("reinforce_pp", whiten_advantages=False, gamma=0.5)
+    expected = torch.tensor([[0 + 0.5 * 1 + 0.25 * 2, 1 + 0.5 * 2, 2.0],
+                             [1 + 0.5 * 3, 3.0, 0.0], [2.0, 0, 0], [4.0, 0, 0]])
+    torch.testing.assert_close(a, expected)
+    torch.testing.assert_close(r, expected)

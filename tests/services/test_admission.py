@@ -55,3 +55,22 @@ def test_train_batch_staleness_is_per_sample():
     batch = TrainBatch([scored(0, 3), scored(1, 5), scored(2, 4)], learner_version=5)
     assert batch.staleness == [2, 0, 1]
     assert len(batch) == 3
+
+
+def grouped(prompt_id: int, index: int, version: int) -> ScoredSample:
+    return ScoredSample(Sample(prompt_id, [1], [2], [-0.5], version, "w", index=index),
+                        (0.0,), 0.0)
+
+
+def test_groups_keep_a_prompts_completions_together():
+    samples = [grouped(3, 0, 1), grouped(1, 0, 1), grouped(3, 1, 1), grouped(1, 1, 1)]
+    assert [(pid, [s.sample.index for s in g]) for pid, g in admission.groups(samples)] == [
+        (3, [0, 1]), (1, [0, 1])]
+
+
+def test_take_batch_cuts_at_group_boundaries():
+    buffer = [grouped(p, i, 2) for p in (5, 2, 8) for i in (1, 0)]
+    batch, rest, _ = admission.take_batch(buffer, learner_version=2, max_staleness=0, n=4)
+    assert [(s.sample.prompt_id, s.sample.index) for s in batch] == [(2, 0), (2, 1), (5, 0),
+                                                                     (5, 1)]
+    assert [(s.sample.prompt_id, s.sample.index) for s in rest] == [(8, 0), (8, 1)]

@@ -56,6 +56,21 @@ def test_staleness_bound(ray_session, micro_world, tmp_path, bound):
         assert all(r["rollout/staleness_mean"] == 0 for r in log)
 
 
+@pytest.mark.parametrize("estimator", ["grpo", "reinforce_pp"])
+def test_critic_free_estimators_train_whole_groups(ray_session, micro_world, tmp_path,
+                                                   estimator):
+    cfg = micro(tmp_path, "learner.steps=3", f"learner.estimator={estimator}",
+                "rollout.sampling.n=4", "rollout.max_staleness=1")
+    summary = train(cfg)
+    # the ledger counts prompts: each trained prompt is a group of 4 samples
+    assert summary["ledger"]["trained"] == 3 * cfg.learner.samples_per_step // 4
+    log = rows(cfg)
+    assert [r["step"] for r in log] == [1, 2, 3]
+    for r in log:
+        assert r["loss/value"] == 0.0 and r["loss/policy"] == r["loss/policy"]
+        assert r["offpolicy/ratio_mean"] == r["offpolicy/ratio_mean"]  # tis at staleness 1
+
+
 def test_scale_rollout_during_a_run_then_stop_it(ray_session, micro_world, tmp_path):
     """Scale 1 -> 2 -> 1 rollout workers while the run goes, then `raylign stop` it (a real CLI
     process joining this cluster). The run is long enough never to end on its own, so the
