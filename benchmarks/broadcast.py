@@ -203,7 +203,7 @@ def run(settings, cfg, world) -> dict:
         torch.set_num_threads(torch_threads)
         for h in holders:
             ray.kill(h)
-    results.insert(1, _preallocated(settings, world))  # after the same case in this session
+    results.insert(1, _preallocated(settings, world))  # after the same case in this Ray session
     n4 = next((r["by_readers"].get("4") for r in results if r["kind"] == "full"), None)
     return {
         "what": "put -> N readers loaded ÷ one in-process load_state_dict (same tensors)",

@@ -5,7 +5,7 @@ Needs a CUDA GPU and the `vllm` package (`python -m benchmarks --gpu`). vLLM tak
 GPU's memory per engine, so the in-process engine and the actor's cannot coexist: the Ray side
 runs first (one RolloutWorker with num_gpus=1), its actor is killed, then the in-process engine
 runs the same batches. Not interleaved, unlike the CPU figures; reported separately, with the
-device named. The learner figure is not run on GPU: PPOTrainer is CPU-only today.
+device named. The learner figure is not run on GPU: PPOTrainer runs on the CPU only.
 """
 
 from __future__ import annotations

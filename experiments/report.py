@@ -1,6 +1,6 @@
 """Render results.md from the experiments' JSON files: the claims table, then one section each.
 
-An experiment without a JSON is listed as "not run in this session"; a JSON from a `--quick`
+An experiment without a JSON is listed as "not run" (no results); a JSON from a `--quick`
 run is marked as such (its numbers say nothing about the claim). `<out>/NOTES.md`, if present,
 is a hand-written reading of the numbers placed after the table.
 """
@@ -41,7 +41,7 @@ def render(out: Path, doc: Path) -> None:
         res = results.get(name)
         if res is None:
             lines.append(f"| [{name}](#{name}) | {mod.CLAIM['claim']} | — | "
-                         f"{mod.CLAIM['paper']} | not run in this session | not run |")
+                         f"{mod.CLAIM['paper']} | no results | not run |")
             continue
         for c in res["claims"]:
             verdict = c["verdict"] + (" (quick run: no evidence)" if res.get("quick") else "")
@@ -55,7 +55,7 @@ def render(out: Path, doc: Path) -> None:
         res = results.get(name)
         lines += ["", f"## {name}", "", f"**{mod.TITLE}**: `raylign experiment {name}`", ""]
         if res is None:
-            lines.append("Not run in this session: no results. The command and its default "
+            lines.append(f"Not run: no results (`{name}.json`). The command and its default "
                          "size are ready (see the module docstring of "
                          f"`experiments/{name}.py`).")
             continue
