@@ -162,4 +162,8 @@ def train(cfg: RunConfig, *, resume: bool = False) -> dict:
             ray.shutdown()
         metrics.stop()
     summary["plots"] = write_report(run_dir)
+    if not summary["interrupted"]:  # the final policy, as an HF model dir (LoRA: an adapter)
+        from services.export import export_run
+
+        summary["export"] = str(export_run(run_dir, merge_lora=cfg.policy.lora is not None))
     return summary

@@ -1,4 +1,4 @@
-"""`raylign prepare | train | scale | status | stop | experiment`."""
+"""`raylign prepare | train | export | scale | status | stop | experiment`."""
 
 from __future__ import annotations
 
@@ -41,6 +41,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run dir: {cfg.path}  (plots: {cfg.path / 'rewards.png'}, report: "
           f"{cfg.path / 'report.md'})")
     return 130 if summary["interrupted"] else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see prepare)
+    from services.export import ExportError, export_run
+
+    try:
+        out = export_run(Path(args.run_dir), step=args.step, merge_lora=args.merge_lora)
+    except ExportError as e:
+        print(f"raylign export: {e}", file=sys.stderr)
+        return 2
+    print(f"exported: {out}")
+    return 0
 
 
 def _experiments():
@@ -126,6 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray address ('auto' = running cluster)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's checkpoint")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="write a run's policy as an HF model dir (LoRA: a peft "
+                       "adapter) under RUN_DIR/export/")
+    p.add_argument("run_dir", help="the run's dir (<run_dir>/<name>: where raylign train "
+                   "wrote config.json and checkpoints/)")
+    p.add_argument("--step", type=int, default=None,
+                   help="the checkpoint's step (default: the newest valid checkpoint)")
+    p.add_argument("--merge-lora", action="store_true",
+                   help="LoRA runs: also write merged/, the adapter merged into the base")
+    p.set_defaults(func=cmd_export)
 
     # experiments/ is imported only when the command runs: it lives in the source checkout
     p = sub.add_parser("experiment", help="run one experiment (docs/results.md; source checkout)")

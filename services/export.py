@@ -1,0 +1,181 @@
+"""`raylign export`: a run's trained policy as files anyone can load.
+
+From a checkpoint of RUN_DIR (the newest valid one, or `step`), the learner is rebuilt as the
+run built it (`RUN_DIR/config.json`, the task, `build_policy` + `PPOTrainer`), its state loaded,
+and the policy written to RUN_DIR/export/step-NNNNNN/:
+
+  full fine-tuning: an HF model dir (config.json, model.safetensors, generation_config.json,
+                    the tokenizer): `AutoModelForCausalLM.from_pretrained(dir)`, or vLLM
+  LoRA:             adapter/ (peft's adapter, `PeftModel.from_pretrained(base, dir)`; its
+                    base_model_name_or_path is the absolute start model, or base/ when the
+                    policy started from the soup), and with merge_lora merged/ (the adapter
+                    merged into a copy of the base: a plain HF model dir)
+
+generation_config.json carries the run's sampling (temperature, top_k, top_p): the policy was
+trained on the log-probs of that distribution. `export.json` says what was exported from where.
+The export is written into a temporary dir and renamed into place.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+
+class ExportError(RuntimeError):
+    """The run dir, its config or the checkpoint is missing or unusable."""
+
+
+def _say(msg: str) -> None:
+    print(f"export: {msg}", flush=True)
+
+
+def _run_config(run_dir: Path):
+    from pydantic import ValidationError
+
+    from services.config import RunConfig
+
+    path = run_dir / "config.json"
+    if not run_dir.is_dir():
+        raise ExportError(f"no run dir {run_dir}")
+    if not path.is_file():
+        raise ExportError(f"{path} is missing: not a run dir (raylign train writes it)")
+    try:
+        return RunConfig.model_validate(json.loads(path.read_text()))
+    except (ValueError, ValidationError) as e:
+        first = str(e).strip().splitlines()
+        raise ExportError(f"{path}: not a valid run config: {' '.join(first[:3])}") from None
+
+
+def _checkpoint(run_dir: Path, step: int | None) -> Path:
+    from services.checkpoint import is_valid, latest_valid
+
+    if step is None:
+        ckpt = latest_valid(run_dir)
+        if ckpt is None:
+            raise ExportError(f"no valid checkpoint under {run_dir / 'checkpoints'}")
+        return ckpt
+    ckpt = run_dir / "checkpoints" / f"step-{step:06d}"
+    if not ckpt.is_dir():
+        have = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))
+        raise ExportError(f"no checkpoint {ckpt} (there are: {', '.join(have) or 'none'})")
+    if not is_valid(ckpt):
+        raise ExportError(f"checkpoint {ckpt} does not match its manifest (incomplete or "
+                          "corrupt)")
+    return ckpt
+
+
+def load_trainer(cfg, task, learner_dir: Path | None = None):
+    """A PPOTrainer built as the run's learner builds it (`LearnerActor` in `Fleet.start`),
+    with the state in `learner_dir` loaded (a checkpoint's learner/). The caller's torch RNG
+    state is left as it was (the learner's state holds an RNG state of its own)."""
+    from transformers import AutoTokenizer
+
+    from actors.learner import build_policy
+    from learner.trainer import PPOTrainer
+
+    settings = cfg.learner_settings()
+    pad_token_id = AutoTokenizer.from_pretrained(task.tokenizer_dir).pad_token_id
+    start_dir = cfg.policy.model_dir or str(task.policy_dirs[0])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        policy, soup = build_policy(Path(start_dir), [Path(d) for d in task.policy_dirs],
+                                    init=cfg.policy.init, soup_weights=cfg.learner.soup_weights,
+                                    with_soup=settings.kl.reference == "soup")
+        trainer = PPOTrainer(policy, settings, pad_token_id=pad_token_id, soup_state=soup,
+                             lora=cfg.policy.lora,
+                             temperature=cfg.rollout.sampling.temperature, seed=cfg.seed)
+        if learner_dir is not None:
+            trainer.load(learner_dir)
+    return trainer
+
+
+def _write_model_dir(model, out: Path, tokenizer, generation: dict) -> None:
+    """An HF model dir: config, weights (safetensors), generation config, tokenizer."""
+    model.generation_config.update(**generation)
+    model.save_pretrained(out)  # transformers 5 writes safetensors only
+    tokenizer.save_pretrained(out)
+
+
+def export_run(run_dir: str | Path, step: int | None = None, merge_lora: bool = False) -> Path:
+    """Export the policy of RUN_DIR's checkpoint (`step`, or the newest valid one) to
+    RUN_DIR/export/step-NNNNNN/ (see the module docstring); returns that dir.
+    Raises ExportError for a missing run dir, config or checkpoint."""
+    from transformers import AutoTokenizer
+
+    from services.tasks import load_task
+
+    run_dir = Path(run_dir)
+    cfg = _run_config(run_dir)
+    ckpt = _checkpoint(run_dir, step)
+    step_n = int(ckpt.name.removeprefix("step-"))
+    _say(f"run {run_dir} ({cfg.name}), checkpoint {ckpt.name}")
+    task = load_task(cfg)
+    trainer = load_trainer(cfg, task, ckpt / "learner")
+    lora = cfg.policy.lora is not None
+    _say(f"learner state loaded: version {trainer.version} "
+         f"({'LoRA rank ' + str(cfg.policy.lora.rank) if lora else 'full fine-tuning'})")
+
+    start_dir = Path(cfg.policy.model_dir or task.policy_dirs[0]).resolve()
+    tokenizer = AutoTokenizer.from_pretrained(cfg.policy.model_dir or task.tokenizer_dir)
+    s = cfg.rollout.sampling
+    generation = {"do_sample": True, "temperature": s.temperature, "top_k": s.top_k,
+                  "top_p": s.top_p, "bos_token_id": tokenizer.bos_token_id,
+                  "eos_token_id": tokenizer.eos_token_id,
+                  "pad_token_id": tokenizer.pad_token_id}
+
+    root = run_dir / "export"
+    final = root / ckpt.name
+    tmp = root / f".tmp-{ckpt.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        written: list[str] = []
+        policy = trainer.policy
+        if not lora:
+            _write_model_dir(policy, tmp, tokenizer, generation)
+            written.append(".")
+        else:
+            base_path = str(start_dir)
+            if cfg.policy.init == "soup":  # the adapter applies to the soup, not to start_dir
+                _write_model_dir(copy.deepcopy(policy).unload(), tmp / "base", tokenizer,
+                                 generation)
+                base_path = str((final / "base").resolve())
+                written.append("base")
+                _say("wrote base/ (the soup the adapter applies to)")
+            policy.save_pretrained(tmp / "adapter", safe_serialization=True)
+            tokenizer.save_pretrained(tmp / "adapter")
+            _point_adapter_at(tmp / "adapter", base_path)
+            written.append("adapter")
+            _say(f"wrote adapter/ (base: {base_path})")
+            if merge_lora:
+                _write_model_dir(copy.deepcopy(policy).merge_and_unload(), tmp / "merged",
+                                 tokenizer, generation)
+                written.append("merged")
+                _say("wrote merged/ (the adapter merged into the base)")
+        meta = {"step": step_n, "version": trainer.version, "source_run": str(run_dir.resolve()),
+                "checkpoint": str(ckpt.resolve()), "config": cfg.name,
+                "config_digest": cfg.digest(), "kind": "lora" if lora else "full",
+                "dirs": written, "base_model": None if not lora else base_path}
+        (tmp / "export.json").write_text(json.dumps(meta, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _say(f"done: {final}")
+    return final
+
+
+def _point_adapter_at(adapter_dir: Path, base: str) -> None:
+    """Set the adapter's base_model_name_or_path (peft writes the path the base was loaded
+    from, possibly relative to the run's working dir)."""
+    path = adapter_dir / "adapter_config.json"
+    conf = json.loads(path.read_text())
+    conf["base_model_name_or_path"] = base
+    path.write_text(json.dumps(conf, indent=2, sort_keys=True))
