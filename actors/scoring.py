@@ -9,6 +9,7 @@ non-padding token, as transformers does.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
@@ -94,11 +95,24 @@ class RewardScorer:
 
 
 def load_callable(ref: str) -> Callable:
-    """`package.module:name` -> the callable it names (a clear error if it does not exist)."""
-    module_name, sep, attr = ref.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"'{ref}': expected 'module:callable'")
-    fn = getattr(importlib.import_module(module_name), attr, None)
+    """`package.module:name` or `path/to/file.py:name` -> the callable it names; a clear
+    ValueError if the module, the file or the callable does not exist."""
+    source, sep, attr = ref.rpartition(":")
+    if not sep or not source or not attr:
+        raise ValueError(f"'{ref}': expected 'module:callable' or 'file.py:callable'")
+    if source.endswith(".py"):
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(f"'{ref}': no such file '{path}'")
+        spec = importlib.util.spec_from_file_location(f"raylign_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(source)
+        except ImportError as e:
+            raise ValueError(f"'{ref}': cannot import {source}: {e}") from None
+    fn = getattr(module, attr, None)
     if not callable(fn):
-        raise ValueError(f"'{ref}': {module_name} has no callable '{attr}'")
+        raise ValueError(f"'{ref}': {source} has no callable '{attr}'")
     return fn

@@ -24,6 +24,8 @@ class PromptStream:
 
     prompts: tuple[str, ...]
     seed: int
+    labels: tuple[str | None, ...] | None = None  # per prompt, for reward functions
+    token_counts: tuple[int, ...] | None = None  # per prompt, under the policy tokenizer
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -36,9 +38,19 @@ class PromptStream:
         """The epoch (0-based) that prompt id `prompt_id` belongs to."""
         return prompt_id // len(self.prompts)
 
-    def text(self, prompt_id: int) -> str:
+    def row(self, prompt_id: int) -> int:
+        """The row of `prompts` that prompt id `prompt_id` stands for."""
         epoch, position = divmod(prompt_id, len(self.prompts))
-        return self.prompts[_permutation(len(self.prompts), self.seed, epoch)[position]]
+        return _permutation(len(self.prompts), self.seed, epoch)[position]
+
+    def text(self, prompt_id: int) -> str:
+        return self.prompts[self.row(prompt_id)]
+
+    def label(self, prompt_id: int) -> str | None:
+        return None if self.labels is None else self.labels[self.row(prompt_id)]
+
+    def tokens(self, prompt_id: int) -> int | None:
+        return None if self.token_counts is None else self.token_counts[self.row(prompt_id)]
 
 
 @functools.lru_cache(maxsize=4)
@@ -58,5 +70,7 @@ class Task:
     reward_dirs: list[Path]  # HF sequence classifiers: the ensemble's K members
     train: PromptStream
     eval_prompts: list[str]
-    gold: str | None = None  # "module:callable" (prompts, completions) -> scores; eval only
+    gold: str | None = None  # "module:callable" (prompts, completions, labels); eval only
     heldout_texts: list[str] = field(default_factory=list)  # drift: perplexity on these
+    max_prompt_tokens: int | None = None  # longer prompts: dropped (too_long) or cut
+    truncate: str = "drop"  # drop | left (cut from the left, BOS kept)
