@@ -51,7 +51,7 @@ class Placement:
 class Resources(Placement):
     """Placement, and how many actors of the role (changeable at run time: raylign scale)."""
 
-    replicas: int = Field(1, ge=0, description="number of actors of this role")
+    replicas: int = Field(1, ge=1, description="actors of this role (for reward: per member)")
 
 
 class TaskConfig(Strict):
@@ -63,7 +63,8 @@ class TaskConfig(Strict):
     seed: int = Field(0, description="seed of the world's build (corpus, models)")
     num_members: int = Field(4, ge=1, description="K proxy reward models to train")
     num_sft_seeds: int = Field(2, ge=1, description="SFT models (soup ingredients)")
-    label_noise: float = Field(0.25, ge=0, lt=0.5, description="flipped preference labels")
+    label_noise: float = Field(0.25, ge=0, lt=0.5,
+                               description="fraction of preference labels flipped")
 
 
 class PolicyConfig(Strict):
@@ -83,9 +84,11 @@ class RolloutConfig(Resources):
         "auto", description="auto = vllm if importable, else hf (transformers)"
     )
     prompts_per_batch: int = Field(8, ge=1, description="prompts in one generate() call")
-    max_inflight_per_worker: int = Field(2, ge=1, description="backpressure bound")
+    max_inflight_per_worker: int = Field(2, ge=1, description="generate calls in flight per "
+                                         "worker (backpressure)")
     max_staleness: int = Field(
-        1, ge=0, description="use a sample at learner version u only if u - v <= this"
+        1, ge=0, description="train a sample made by weight version v at learner version u "
+        "only if u - v <= this (0 = on-policy)"
     )
     sampling: Sampling = Field(default_factory=Sampling, description="how engines sample")
 
@@ -97,7 +100,8 @@ class RewardConfig(Resources):
     )
     members: int | None = Field(None, ge=1, description="use the first K members (None = all)")
     uwo_lambda: float = Field(0.1, ge=0, allow_inf_nan=False,
-                              description="0.1 for PPO, 0.5 for best-of-n (Coste)")
+                              description="lambda of uwo (mean - lambda * var): 0.1 for PPO, "
+                              "0.5 for best-of-n (Coste et al.)")
     ddof: Literal[0, 1] = Field(1, description="variance ddof for uwo (1 = sample variance)")
     gold_eval: bool = Field(True, description="also score with the gold scorer (metrics only)")
     gold_in_reward: bool = Field(False, description="train on gold (oracle) instead of proxies")

@@ -25,8 +25,9 @@ def test_one_put_many_readers_sample_with_those_weights(ray_session, micro_world
     cfg = load_config("deploy/configs/micro.yaml", ["learner.lr=1e-3"])
     sft0 = str(micro_world.sft_dirs[0])
     pad = AutoTokenizer.from_pretrained(micro_world.tokenizer_dir).pad_token_id
+    dirs = [str(d) for d in micro_world.sft_dirs]
     learner = ray.remote(LearnerActor).options(num_cpus=0.5).remote(
-        cfg, [str(d) for d in micro_world.sft_dirs], pad)
+        cfg.learner_settings(), dirs[0], dirs, pad_token_id=pad)
     workers = [ray.remote(RolloutWorker).options(num_cpus=0.5).remote(
         f"w{i}", sft0, "hf", Sampling(max_new_tokens=8), 0) for i in range(2)]
     v0, ref0, _ = ray.get(learner.publish.remote())
