@@ -44,23 +44,31 @@ def vllm_available() -> bool:
     return True
 
 
-def make_engine(kind: str, model_dir: str | Path, *, seed: int = 0) -> RolloutEngine:
+def make_engine(kind: str, model_dir: str | Path, *, seed: int = 0,
+                max_prompt_tokens: int | None = None) -> RolloutEngine:
     """`auto` picks vLLM when it imports, else transformers."""
     if kind == "auto":
         kind = "vllm" if vllm_available() else "hf"
     if kind == "vllm":
-        return VLLMEngine(model_dir, seed=seed)
+        return VLLMEngine(model_dir, seed=seed, max_prompt_tokens=max_prompt_tokens)
     if kind == "hf":
-        return HFEngine(model_dir, seed=seed)
+        return HFEngine(model_dir, seed=seed, max_prompt_tokens=max_prompt_tokens)
     raise ValueError(f"unknown rollout engine '{kind}' (valid: auto, hf, vllm)")
 
 
-def _encode_prompts(tokenizer, prompts: list[Prompt], max_positions: int, sampling: Sampling):
-    """Token ids of each prompt, keeping the last tokens that leave room for the response;
-    and which prompts were cut."""
+def _encode_prompts(tokenizer, prompts: list[Prompt], max_positions: int, sampling: Sampling,
+                    max_prompt_tokens: int | None = None):
+    """Token ids of each prompt, cut from the left to max_prompt_tokens and to leave room for
+    the response (a leading BOS is kept); and which prompts were cut."""
     limit = max(1, max_positions - sampling.max_new_tokens)
+    if max_prompt_tokens is not None:
+        limit = min(limit, max_prompt_tokens)
     full = [tokenizer(text)["input_ids"] for _, text in prompts]
-    return [x[-limit:] for x in full], [len(x) > limit for x in full]
+    bos = tokenizer.bos_token_id
+    cut = [x if len(x) <= limit else
+           [x[0], *x[len(x) - limit + 1:]] if x[0] == bos and limit > 1 else x[-limit:]
+           for x in full]
+    return cut, [len(x) > limit for x in full]
 
 
 class HFEngine:
@@ -68,10 +76,11 @@ class HFEngine:
 
     name = "hf"
 
-    def __init__(self, model_dir: str | Path, *, seed: int = 0) -> None:
+    def __init__(self, model_dir: str | Path, *, seed: int = 0,
+                 max_prompt_tokens: int | None = None) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.seed = seed
+        self.seed, self.max_prompt_tokens = seed, max_prompt_tokens
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.tokenizer.padding_side = "left"
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
@@ -94,7 +103,7 @@ class HFEngine:
         tok = self.tokenizer
         prompts = [p for p in prompts for _ in range(sampling.n)]  # each prompt's group
         ids, cut = _encode_prompts(tok, prompts, self.model.config.max_position_embeddings,
-                                   sampling)
+                                   sampling, self.max_prompt_tokens)
         width = max(len(x) for x in ids)
         input_ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in ids])
         attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
@@ -151,7 +160,8 @@ class VLLMEngine:
 
     name = "vllm"
 
-    def __init__(self, model_dir: str | Path, *, seed: int = 0) -> None:
+    def __init__(self, model_dir: str | Path, *, seed: int = 0,
+                 max_prompt_tokens: int | None = None) -> None:
         # One process per actor, CPU KV cache in GiB, every core of the actor, no hub.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -160,7 +170,7 @@ class VLLMEngine:
         from transformers import AutoConfig
         from vllm import LLM
 
-        self.seed = seed
+        self.seed, self.max_prompt_tokens = seed, max_prompt_tokens
         config = AutoConfig.from_pretrained(model_dir)
         self.max_positions = config.max_position_embeddings
         self.llm = LLM(
@@ -193,7 +203,8 @@ class VLLMEngine:
         from vllm import SamplingParams, TokensPrompt
 
         tok = self.tokenizer
-        ids, cut = _encode_prompts(tok, prompts, self.max_positions, sampling)
+        ids, cut = _encode_prompts(tok, prompts, self.max_positions, sampling,
+                                   self.max_prompt_tokens)
         params = [
             SamplingParams(
                 n=sampling.n,

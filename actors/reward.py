@@ -29,21 +29,47 @@ from actors.scoring import RewardScorer, load_callable
 from learner.ensemble import aggregate
 
 
-class RewardMember:
-    """One proxy reward model (an HF sequence classifier) scoring prompt + completion."""
+@dataclass(frozen=True)
+class RewardSpec:
+    """One member: a reward model dir, or a function `module:callable` / `file.py:callable`
+    called as fn(prompts, completions, labels) -> one score per completion."""
 
-    def __init__(self, member: int, model_dir: str | Path, batch_size: int = 32) -> None:
-        self.member = member
-        self.batch_size = batch_size
-        self.scorer = RewardScorer(Path(model_dir))
+    model_dir: str | None = None
+    function: str | None = None
+    weight: float = 1.0  # scales the member's scores
+
+    def __post_init__(self) -> None:
+        if (self.model_dir is None) == (self.function is None):
+            raise ValueError("RewardSpec: give exactly one of model_dir, function")
+
+
+class RewardMember:
+    """One member of the ensemble scoring prompt + completion: an HF sequence classifier
+    (its own tokenizer: it scores text) or a reward function."""
+
+    def __init__(self, member: int, spec: RewardSpec | str | Path, batch_size: int = 32) -> None:
+        spec = spec if isinstance(spec, RewardSpec) else RewardSpec(model_dir=str(spec))
+        self.member, self.spec, self.batch_size = member, spec, batch_size
+        self.scorer = RewardScorer(Path(spec.model_dir)) if spec.model_dir else None
+        self.fn = load_callable(spec.function) if spec.function else None
         self.scored = 0
 
-    def score(self, samples: list[Sample]) -> list[float]:
+    def score(self, samples: list[Sample], labels: dict[int, str | None] | None = None
+              ) -> list[float]:
+        """One score per sample; `labels` maps a prompt id to its label (functions get them).
+        A function returning the wrong number of scores raises (a member failure)."""
         prompts = [s.prompt_text for s in samples]
         completions = [s.response_text for s in samples]
-        scores = self.scorer.score(prompts, completions, batch_size=self.batch_size)
+        if self.scorer is not None:
+            scores = self.scorer.score(prompts, completions, batch_size=self.batch_size)
+        else:
+            rows = [None if labels is None else labels.get(s.prompt_id) for s in samples]
+            scores = list(self.fn(prompts, completions, rows))
+            if len(scores) != len(samples):
+                raise ValueError(f"reward function {self.spec.function} returned {len(scores)} "
+                                 f"scores for {len(samples)} completions")
         self.scored += len(samples)
-        return [float(x) for x in scores]
+        return [self.spec.weight * float(x) for x in scores]
 
     def info(self) -> dict:
         return {"member": self.member, "pid": os.getpid(), "scored": self.scored}
@@ -58,17 +84,20 @@ def combine_scores(
     score_clip: float | None = None,
     gold: str | None = None,
     gold_in_reward: bool = False,
+    labels: dict[int, str | None] | None = None,
 ) -> list[ScoredSample]:
     """Stack the K members' scores (K, B), aggregate, clip to +-score_clip; `gold` (a
-    "module:callable" scorer) adds the gold score, or replaces the reward if gold_in_reward."""
+    "module:callable" scorer, called with the labels) adds the gold score, or replaces the
+    reward if gold_in_reward."""
     scores = torch.tensor(member_scores, dtype=torch.float64)  # (K, B)
     combined = aggregate(scores, aggregation, uwo_lambda=uwo_lambda, ddof=ddof)
     if score_clip is not None:
         combined = combined.clamp(-score_clip, score_clip)
     golds = None
     if gold is not None:
+        rows = [None if labels is None else labels.get(s.prompt_id) for s in samples]
         golds = load_callable(gold)([s.prompt_text for s in samples],
-                                    [s.response_text for s in samples])
+                                    [s.response_text for s in samples], rows)
     return [
         ScoredSample(
             sample=sample,
@@ -91,6 +120,7 @@ class ScoredBatch:
 class _Job:
     key: Any
     samples_ref: ray.ObjectRef
+    labels: dict[int, str | None] | None
     members: list[Member]
     member_refs: list[ray.ObjectRef]
 
@@ -109,11 +139,14 @@ class RewardPool:
         self.combine_kw = combine
         self.on_failure = on_failure
         self.combine = ray.remote(combine_scores).options(num_cpus=0)
-        self.queued: list[tuple[Any, ray.ObjectRef]] = []  # waiting for a replica of each
+        self.queued: list[tuple[Any, ray.ObjectRef, dict | None]] = []  # waiting for replicas
         self.jobs: dict[ray.ObjectRef, _Job] = {}  # combine ref -> its job
 
-    def submit(self, key: Any, samples_ref: ray.ObjectRef) -> None:
-        self.queued.append((key, samples_ref))
+    def submit(self, key: Any, samples_ref: ray.ObjectRef,
+               labels: dict[int, str | None] | None = None) -> None:
+        """Score the samples behind `samples_ref`; `labels`: prompt id -> label, for reward
+        functions and the gold scorer."""
+        self.queued.append((key, samples_ref, labels))
         self.pump()
 
     def pump(self) -> None:
@@ -122,13 +155,14 @@ class RewardPool:
             members = [g.pick(cap=10**9) for g in self.groups]
             if any(m is None for m in members):
                 return
-            key, samples_ref = self.queued.pop(0)
+            key, samples_ref, labels = self.queued.pop(0)
             member_refs = []
             for m in members:
                 m.inflight += 1
-                member_refs.append(m.handle.score.remote(samples_ref))
-            ref = self.combine.remote(samples_ref, *member_refs, **self.combine_kw)
-            self.jobs[ref] = _Job(key, samples_ref, members, member_refs)
+                member_refs.append(m.handle.score.remote(samples_ref, labels))
+            ref = self.combine.remote(samples_ref, *member_refs, labels=labels,
+                                      **self.combine_kw)
+            self.jobs[ref] = _Job(key, samples_ref, labels, members, member_refs)
 
     def collect(self, ref: ray.ObjectRef) -> ScoredBatch | None:
         """The finished batch of combine ref `ref`; None if a member failed (the batch is
@@ -144,7 +178,7 @@ class RewardPool:
                     ray.get(member_ref)
                 except RayError:
                     self.on_failure(m, e)
-            self.queued.append((job.key, job.samples_ref))
+            self.queued.append((job.key, job.samples_ref, job.labels))
             return None
         for m in job.members:
             m.succeeded()
@@ -153,7 +187,7 @@ class RewardPool:
 
     def in_flight(self) -> list[Any]:
         """Keys of the batches queued or being scored."""
-        return [k for k, _ in self.queued] + [j.key for j in self.jobs.values()]
+        return [k for k, _, _ in self.queued] + [j.key for j in self.jobs.values()]
 
     def clear(self) -> None:
         self.queued.clear()

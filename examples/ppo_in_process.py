@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 from actors.engines import HFEngine
 from actors.reward import RewardMember, combine_scores
 from learner.trainer import PPOTrainer, RolloutBatch
-from services.bootstrap import combine_options, reward_dirs
+from services.bootstrap import combine_options, reward_specs
 from services.config import load_config
 from services.tasks import load_task
 
@@ -28,8 +28,8 @@ def main(config: str = "deploy/configs/micro.yaml", steps: int = 10, overrides=N
     task = load_task(cfg)
     start = cfg.policy.model_dir or task.policy_dirs[0]
     engine = HFEngine(start, seed=cfg.seed)
-    members = [RewardMember(k, d, cfg.reward.batch_size)
-               for k, d in enumerate(reward_dirs(cfg, task))]
+    members = [RewardMember(k, spec, cfg.reward.batch_size)
+               for k, spec in enumerate(reward_specs(cfg, task))]
     combine = combine_options(cfg, task)
     policy = AutoModelForCausalLM.from_pretrained(start, use_safetensors=True)
     trainer = PPOTrainer(policy, cfg.learner_settings(), pad_token_id=engine.tokenizer.pad_token_id,
@@ -43,7 +43,9 @@ def main(config: str = "deploy/configs/micro.yaml", steps: int = 10, overrides=N
         samples = engine.generate(prompts, cfg.rollout.sampling, version=trainer.version,
                                   worker_id="local")
         # 2. score: every reward member, then the ensemble's aggregate
-        scored = combine_scores(samples, *(m.score(samples) for m in members), **combine)
+        labels = {i: task.train.label(i) for i, _ in prompts}
+        scored = combine_scores(samples, *(m.score(samples, labels) for m in members),
+                                labels=labels, **combine)
         # 3. learn
         stats = trainer.step(RolloutBatch.from_samples(scored, engine.tokenizer.pad_token_id))
         history.append(stats)

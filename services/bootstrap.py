@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from actors.fleet import ActorGroup, Member
 from actors.learner import LearnerActor
-from actors.reward import RewardMember, RewardPool
+from actors.reward import RewardMember, RewardPool, RewardSpec
 from actors.rollout import RolloutWorker
 from services.config import Placement, RunConfig
 from services.control import start_controller
@@ -86,31 +86,39 @@ class Fleet:
         start_dir = cfg.policy.model_dir or str(self.task.policy_dirs[0])
         return ActorGroup("rollout", lambda name: remote(
             RolloutWorker, cfg.rollout, f"{cfg.name}:{name}", cfg.cluster.namespace).remote(
-                name, start_dir, cfg.rollout.engine, cfg.rollout.sampling, cfg.seed),
+                name, start_dir, cfg.rollout.engine, cfg.rollout.sampling, cfg.seed,
+                self.task.max_prompt_tokens),
             on_start=on_start)
 
     def rewards(self, on_failure: Callable[[Member, Exception], None]) -> RewardPool:
         rc = self.cfg.reward
-        dirs = reward_dirs(self.cfg, self.task)
-        return RewardPool(len(dirs), lambda k, name: remote(
+        specs = reward_specs(self.cfg, self.task)
+        return RewardPool(len(specs), lambda k, name: remote(
             RewardMember, rc, f"{self.cfg.name}:{name}", self.cfg.cluster.namespace).remote(
-                k, dirs[k], rc.batch_size), combine_options(self.cfg, self.task), on_failure)
+                k, specs[k], rc.batch_size), combine_options(self.cfg, self.task), on_failure)
 
 
-def reward_dirs(cfg: RunConfig, task: Task) -> list[str]:
-    """The ensemble's members: reward.model_dirs or the task's, the first reward.members."""
+def reward_specs(cfg: RunConfig, task: Task) -> list[RewardSpec]:
+    """The ensemble's members: reward.model_dirs (or the task's reward models), then the
+    reward functions that are not gold; the first reward.members of them."""
     dirs = cfg.reward.model_dirs or [str(d) for d in task.reward_dirs]
-    return dirs[: cfg.reward.members or len(dirs)]
+    specs = [RewardSpec(model_dir=d) for d in dirs]
+    specs += [RewardSpec(function=f.ref, weight=f.weight)
+              for f in cfg.reward.functions if not f.gold]
+    return specs[: cfg.reward.members or len(specs)]
 
 
 def combine_options(cfg: RunConfig, task: Task) -> dict:
-    """Keyword arguments of `actors.reward.combine_scores` for this run."""
+    """Keyword arguments of `actors.reward.combine_scores` for this run; the gold scorer is
+    the reward function marked gold, else the task's."""
     rc = cfg.reward
-    gold = task.gold if rc.gold_eval or rc.gold_in_reward else None
+    gold = next((f.ref for f in rc.functions if f.gold), task.gold)
     if rc.gold_in_reward and gold is None:
         raise RunFailed(f"reward.gold_in_reward: task {task.name} has no gold scorer")
     return {"aggregation": rc.aggregation, "uwo_lambda": rc.uwo_lambda, "ddof": rc.ddof,
-            "score_clip": rc.score_clip, "gold": gold, "gold_in_reward": rc.gold_in_reward}
+            "score_clip": rc.score_clip,
+            "gold": gold if rc.gold_eval or rc.gold_in_reward else None,
+            "gold_in_reward": rc.gold_in_reward}
 
 
 class signals_to:

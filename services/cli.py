@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from services.config import ConfigError, load_config
+from services.tasks.dataset import DataError
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -23,6 +24,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from services.tasks.tiny_world import prepare
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.task.kind != "tiny_world":
+        print(f"raylign prepare: task.kind is {cfg.task.kind}; only the tiny world is built",
+              file=sys.stderr)
+        return 2
+    if args.sft_dir:  # only the path of SFT model 0 (a policy for your own data)
+        print(prepare(cfg.task).sft_dirs[0])
+        return 0
     prepare(cfg.task, verbose=True)
     return 0
 
@@ -132,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="build (or find cached) the tiny world")
     _add_config(p)
+    p.add_argument("--sft-dir", action="store_true",
+                   help="print only the dir of SFT model 0 (an HF causal LM to train further)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="run the RLHF pipeline (embedded Ray unless --address)")
@@ -180,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as e:
+    except (ConfigError, DataError) as e:
         print(f"raylign: {e}", file=sys.stderr)
         return 2
 

@@ -15,10 +15,18 @@ import importlib.util
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
 
@@ -54,8 +62,10 @@ class Resources(Placement):
     replicas: int = Field(1, ge=1, description="actors of this role (for reward: per member)")
 
 
-class TaskConfig(Strict):
-    name: Literal["tiny_world"] = Field("tiny_world", description="the task kit")
+class TinyWorldConfig(Strict):
+    kind: Literal["tiny_world"] = Field(
+        "tiny_world", description="the task kit: tiny_world (built locally, no download) or "
+        "dataset (your prompt files)")
     size: Literal["micro", "tiny", "small"] = Field(
         "tiny", description="micro builds in seconds (tests); tiny is the demo (~minutes)"
     )
@@ -65,6 +75,40 @@ class TaskConfig(Strict):
     num_sft_seeds: int = Field(2, ge=1, description="SFT models (soup ingredients)")
     label_noise: float = Field(0.25, ge=0, lt=0.5,
                                description="fraction of preference labels flipped")
+
+
+class DatasetConfig(Strict):
+    kind: Literal["dataset"] = Field(description="your prompt files (policy.model_dir is the "
+                                     "policy; reward.model_dirs / reward.functions score)")
+    train: str = Field(description="training prompts: a .jsonl, .json, .parquet or .csv file, "
+                       "or a datasets save_to_disk dir")
+    eval: str | None = Field(None, description="evaluation prompts (same formats); None = "
+                             "eval_fraction of train")
+    eval_fraction: float = Field(0.05, ge=0, lt=1, description="rows of train held out for "
+                                 "evaluation when eval is None (seeded by the run seed)")
+    prompt_key: str = Field("prompt", description="the column with the prompt: a string, or a "
+                            "list of chat messages [{role, content}] (rendered with the policy "
+                            "tokenizer's chat template)")
+    label_key: str | None = Field(None, description="a column handed to reward functions as "
+                                  "their labels (e.g. the reference answer)")
+    max_prompt_tokens: int = Field(256, ge=1, description="prompts longer than this (policy "
+                                   "tokens) are dropped or cut, per truncate")
+    truncate: Literal["drop", "left"] = Field(
+        "drop", description="drop: a longer prompt is dropped (ledger reason too_long); left: "
+        "cut from the left, BOS kept (counted in rollout/prompts_truncated)")
+
+
+def _task_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return value.get("kind", "tiny_world")
+    return getattr(value, "kind", "tiny_world")
+
+
+TASK_KINDS = {"tiny_world": TinyWorldConfig, "dataset": DatasetConfig}
+TaskConfig = Annotated[
+    Annotated[TinyWorldConfig, Tag("tiny_world")] | Annotated[DatasetConfig, Tag("dataset")],
+    Discriminator(_task_kind),
+]
 
 
 class PolicyConfig(Strict):
@@ -94,6 +138,27 @@ class RolloutConfig(Resources):
 
 
 @dataclass(frozen=True, config=STRICT)
+class RewardFunction:
+    """A reward function as an ensemble member: fn(prompts, completions, labels) -> scores."""
+
+    path: str = Field(description="a Python file (rewards.py, with name) or "
+                      "'package.module:callable'")
+    name: str | None = Field(None, description="the callable in the file at path")
+    weight: float = Field(1.0, allow_inf_nan=False,
+                          description="scales the member's scores before aggregation")
+    gold: bool = Field(False, description="evaluation only: logged as reward/gold, never "
+                       "trained on")
+
+    @property
+    def ref(self) -> str:
+        """`file.py:name` (absolute) or `module:callable`, for `load_callable`."""
+        if self.name is None:
+            return self.path
+        path = str(Path(self.path).resolve()) if self.path.endswith(".py") else self.path
+        return f"{path}:{self.name}"
+
+
+@dataclass(frozen=True, config=STRICT)
 class RewardConfig(Resources):
     aggregation: Literal["mean", "min", "uwo", "single"] = Field(
         "mean", description="mean | min (worst case) | uwo (mean - lambda*var) | single (member 0)"
@@ -112,6 +177,9 @@ class RewardConfig(Resources):
         None, description="HF sequence-classification dirs to use as members instead of the "
         "task's proxy reward models"
     )
+    functions: list[RewardFunction] = Field(
+        default_factory=list, description="reward functions: members beside the models (or "
+        "the gold scorer, gold: true)")
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -168,7 +236,7 @@ class RunConfig(Strict):
     name: str = Field("run", description="the run's name: RUN_DIR and actor names use it")
     seed: int = Field(0, description="run seed: prompt order, sampling, learner RNG")
     run_dir: str = Field("runs", description="RUN_DIR = run_dir/name")
-    task: TaskConfig = Field(default_factory=TaskConfig, description="what to train on")
+    task: TaskConfig = Field(default_factory=TinyWorldConfig, description="what to train on")
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="the policy's start")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig,
                                    description="rollout workers and sampling")
@@ -187,17 +255,30 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _cross_field(self) -> RunConfig:
-        available = len(self.reward.model_dirs or []) or self.task.num_members
-        k = self.reward.members or available
-        if self.reward.members is not None and self.reward.members > available:
+        rc, dataset = self.reward, self.task.kind == "dataset"
+        golds = [f for f in rc.functions if f.gold]
+        if len(golds) > 1:
+            raise ValueError(f"reward.functions: {len(golds)} have gold: true; at most one")
+        models = len(rc.model_dirs or []) or (0 if dataset else self.task.num_members)
+        available = models + len(rc.functions) - len(golds)
+        if available == 0:
+            raise ValueError("a dataset task needs reward members: reward.model_dirs and/or "
+                             "reward.functions (not gold)")
+        k = rc.members or available
+        if rc.members is not None and rc.members > available:
             raise ValueError(
-                f"reward.members ({self.reward.members}) exceeds the {available} reward models "
-                "available (task.num_members, or reward.model_dirs)"
+                f"reward.members ({rc.members}) exceeds the {available} reward members "
+                "available (task.num_members or reward.model_dirs, plus reward.functions)"
             )
-        if self.reward.aggregation in ("min", "uwo") and k < 2 and not self.reward.gold_in_reward:
+        if rc.aggregation in ("min", "uwo") and k < 2 and not rc.gold_in_reward:
             raise ValueError(
-                f"reward.aggregation={self.reward.aggregation} needs at least 2 members, got {k}"
+                f"reward.aggregation={rc.aggregation} needs at least 2 members, got {k}"
             )
+        if dataset and rc.gold_in_reward and not golds:
+            raise ValueError("reward.gold_in_reward: a dataset task has no gold scorer; mark "
+                             "one of reward.functions gold: true")
+        if dataset and self.policy.model_dir is None:
+            raise ValueError("a dataset task needs policy.model_dir (an HF causal LM dir)")
         n, est = self.rollout.sampling.n, self.learner.estimator
         if est in ("grpo", "rloo") and n < 2:
             raise ValueError(f"learner.estimator={est} needs rollout.sampling.n >= 2 "
@@ -206,9 +287,9 @@ class RunConfig(Strict):
             raise ValueError(f"rollout.sampling.n ({n}) must divide learner.samples_per_step "
                              f"({self.learner.samples_per_step}): groups are trained whole")
         uses_soup = self.learner.kl.reference == "soup" or self.policy.init == "soup"
-        if uses_soup and self.task.num_sft_seeds < 2:
-            raise ValueError("a soup (policy.init or learner.kl.reference) needs "
-                             "task.num_sft_seeds >= 2")
+        if uses_soup and (dataset or self.task.num_sft_seeds < 2):
+            raise ValueError("a soup (policy.init or learner.kl.reference) needs several SFT "
+                             "models: the tiny world with task.num_sft_seeds >= 2")
         return self
 
     def learner_settings(self) -> LearnerConfig:
@@ -290,6 +371,8 @@ def _describe(err: dict) -> str:
         return f"must be one of {ctx.get('expected')}, got {value!r}"
     if kind == "missing":
         return "required field is missing"
+    if kind == "union_tag_invalid":
+        return f"must be one of {ctx.get('expected_tags')}, got {ctx.get('tag')!r}"
     if kind == "value_error":
         return str(ctx.get("error", err["msg"]))
     return f"{err['msg']}, got {value!r}"
@@ -297,10 +380,13 @@ def _describe(err: dict) -> str:
 
 def _format(err: dict, source: str, lines: dict, overrides: dict) -> str:
     loc = tuple(err["loc"])
+    variant = None  # pydantic puts the union tag in the path: task.dataset.train -> task.train
+    if len(loc) > 1 and loc[0] == "task" and loc[1] in TASK_KINDS:
+        variant, loc = TASK_KINDS[loc[1]], (loc[0], *loc[2:])
     dotted = ".".join(str(p) for p in loc) or "(top level)"
     message = _describe(err)
     if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-        parent = _model_at(loc[:-1])
+        parent = fields_of(variant) if loc[:-1] == ("task",) else _model_at(loc[:-1])
         if parent is not None:
             close = difflib.get_close_matches(str(loc[-1]), list(parent), n=1)
             if close:
@@ -416,14 +502,34 @@ def _safetensors_size(path: Path) -> int:
 
 
 def _check_paths(cfg: RunConfig, source: str, lines: dict) -> None:
+    """Files the config names: model dirs, reward functions, a dataset's files and context."""
+    from actors.scoring import load_callable
+
+    def fail(loc: tuple, problem: str) -> None:
+        where = lines.get(loc) or lines.get(loc[:2]) or lines.get(loc[:1])
+        at = f"{source}:{where}" if where else source
+        raise ConfigError(f"invalid config:\n  {at} {'.'.join(str(x) for x in loc)}: {problem}")
+
     dirs = [(("policy", "model_dir"), cfg.policy.model_dir)]
     dirs += [(("reward", "model_dirs", i), d) for i, d in enumerate(cfg.reward.model_dirs or [])]
     for loc, model_dir in dirs:
-        if model_dir is None:
-            continue
-        problem = check_model_dir(model_dir)
+        problem = model_dir is not None and check_model_dir(model_dir)
         if problem:
-            where = lines.get(loc) or lines.get(loc[:2])
-            at = f"{source}:{where}" if where else source
-            dotted = ".".join(str(x) for x in loc)
-            raise ConfigError(f"invalid config:\n  {at} {dotted}: {problem}")
+            fail(loc, problem)
+    for i, f in enumerate(cfg.reward.functions):
+        try:
+            load_callable(f.ref)
+        except Exception as e:  # the user's file may raise anything on import
+            fail(("reward", "functions", i, "path"), str(e))
+    if cfg.task.kind != "dataset":
+        return
+    for key in ("train", "eval"):
+        path = getattr(cfg.task, key)
+        if path is not None and not Path(path).exists():
+            fail(("task", key), f"no such file or directory '{path}'")
+    context = json.loads((Path(cfg.policy.model_dir) / "config.json").read_text()).get(
+        "max_position_embeddings")
+    need = cfg.task.max_prompt_tokens + cfg.rollout.sampling.max_new_tokens
+    if context is not None and need > context:
+        fail(("task", "max_prompt_tokens"), f"task.max_prompt_tokens + rollout.sampling."
+             f"max_new_tokens = {need} exceeds the policy's context ({context} positions)")

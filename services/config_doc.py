@@ -16,7 +16,7 @@ import yaml
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from services.config import RunConfig, fields_of
+from services.config import TASK_KINDS, RunConfig, fields_of
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 
@@ -40,8 +40,8 @@ _BOUNDS = ((at.Gt, "gt", ">"), (at.Ge, "ge", ">="), (at.Lt, "lt", "<"), (at.Le, 
 
 
 def _section(annotation: Any) -> type | None:
-    """The section class of an annotation (`X` or `X | None`), else None."""
-    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    """The section class of an annotation (`X`, `X | None` or `list[X]`), else None."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType, list)
     for t in (annotation, *(typing.get_args(annotation) if union else ())):
         if fields_of(t) is not None:
             return t
@@ -94,7 +94,8 @@ def _rows(prefix: str, fields: dict[str, FieldInfo]) -> list[str]:
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         section = _section(field.annotation)
         if section is not None:
-            rows += _rows(f"{path}.", fields_of(section))
+            many = typing.get_origin(field.annotation) is list
+            rows += _rows(f"{path}[]." if many else f"{path}.", fields_of(section))
     return rows
 
 
@@ -106,13 +107,16 @@ def _table(title: str, about: str, rows: list[str]) -> str:
 def render() -> str:
     """The markdown of docs/config.md."""
     top = fields_of(RunConfig)
-    scalars = {k: f for k, f in top.items() if _section(f.annotation) is None}
+    scalars = {k: f for k, f in top.items() if _section(f.annotation) is None and k != "task"}
     parts = [INTRO, _table("top level", "", _rows("", scalars))]
     for name, field in top.items():
-        section = _section(field.annotation)
-        if section is not None:
-            about = (field.description or "").rstrip(".")
-            about = about[:1].upper() + about[1:] + "."
+        about = (field.description or "").rstrip(".")
+        about = about[:1].upper() + about[1:] + "."
+        if name == "task":  # one kind of task or another, chosen by task.kind
+            for kind, section in TASK_KINDS.items():
+                parts.append(_table(f"task (kind: {kind})", about,
+                                    _rows("task.", fields_of(section))))
+        elif (section := _section(field.annotation)) is not None:
             parts.append(_table(name, about, _rows(f"{name}.", fields_of(section))))
     return "\n".join(parts)
 

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 # Label values known in advance: their series exist (at 0) from the start, so rate() and
 # increase() in the alert rules see the first event instead of a series that appears.
-DROP_REASONS = ("stale", "nonfinite_reward", "truncated_prompt", "actor_failed", "duplicate")
+DROP_REASONS = ("stale", "nonfinite_reward", "too_long", "actor_failed", "duplicate",
+                "skipped_step", "run_end")
 STAGES = ("rollout", "reward", "train")
 ROLES = ("rollout", "reward", "learner")
 NONFINITE_STAGES = ("reward", "loss")

@@ -132,10 +132,18 @@ class Driver:
     def _next_prompts(self, n: int) -> list[Prompt]:
         ids, self.reissue = self.reissue[:n], self.reissue[n:]
         while len(ids) < n:
-            ids.append(self.state.cursor)
-            self.state.ledger.issue(self.state.cursor)
-            self.state.cursor += 1
+            pid, self.state.cursor = self.state.cursor, self.state.cursor + 1
+            self.state.ledger.issue(pid)
+            if self._too_long(pid):
+                self._drop(pid, "too_long")
+            else:
+                ids.append(pid)
         return [(i, self.task.train.text(i)) for i in ids]
+
+    def _too_long(self, prompt_id: int) -> bool:
+        """Over task.max_prompt_tokens with truncate: drop (truncate: left cuts it instead)."""
+        limit, tokens = self.task.max_prompt_tokens, self.task.train.tokens(prompt_id)
+        return self.task.truncate == "drop" and None not in (limit, tokens) and tokens > limit
 
     def _on_generated(self, ref: ray.ObjectRef) -> None:
         gen = self.gens.pop(ref)
@@ -147,7 +155,9 @@ class Driver:
             self.reissue = sorted([p for p, _ in gen.prompts] + self.reissue)
             return
         gen.worker.succeeded()
-        self.rewards.submit(gen.prompts, ref)
+        labels = (None if self.task.train.labels is None else
+                  {pid: self.task.train.label(pid) for pid, _ in gen.prompts})
+        self.rewards.submit(gen.prompts, ref, labels)
 
     def _on_scored(self, ref: ray.ObjectRef) -> None:
         scored = self.rewards.collect(ref)

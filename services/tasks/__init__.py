@@ -8,7 +8,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def load_task(cfg):
-    """The run's task (`cfg.task`), built or loaded from the cache: a `base.Task`."""
+    """The run's task (`cfg.task`) as a `base.Task`: the tiny world built or loaded from its
+    cache, or a user's prompt files (every row checked: `dataset.DataError`)."""
+    if cfg.task.kind == "dataset":
+        from services.tasks.dataset import load_dataset_task
+
+        return load_dataset_task(cfg)
     from services.tasks.tiny_world import prepare, task_of
 
     return task_of(prepare(cfg.task), cfg.seed)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.tasks.base import PromptStream, Task
+
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
@@ -92,3 +94,39 @@ def _render(value, where: str, key: str, tokenizer) -> str:
     text = tokenizer.apply_chat_template(value, tokenize=False, add_generation_prompt=True)
     bos = tokenizer.bos_token  # the engines tokenize with special tokens: BOS once, not twice
     return text[len(bos):] if bos and text.startswith(bos) else text
+
+
+def load_dataset_task(cfg) -> Task:
+    """The run's `task: {kind: dataset}`: prompt files checked and rendered with the policy's
+    tokenizer (policy.model_dir); eval prompts from `eval` or `eval_fraction` of train."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    tc = cfg.task
+    model_dir = Path(cfg.policy.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = read_rows(tc.train)
+    if tc.eval is None:
+        order = list(range(len(rows)))
+        random.Random(cfg.seed).shuffle(order)
+        n_eval = int(len(rows) * tc.eval_fraction)
+        eval_rows = [rows[i] for i in sorted(order[:n_eval])]
+        rows = [rows[i] for i in sorted(order[n_eval:])]
+        eval_path = f"{tc.train} (held out)"
+    else:
+        eval_rows, eval_path = read_rows(tc.eval), tc.eval
+    train = render_prompts(tc.train, rows, tc.prompt_key, tc.label_key, tokenizer)
+    if tc.truncate == "drop" and min(train.token_counts) > tc.max_prompt_tokens:
+        raise DataError(f"{tc.train}: every prompt is longer than task.max_prompt_tokens "
+                        f"({tc.max_prompt_tokens} tokens; the shortest has "
+                        f"{min(train.token_counts)})")
+    evals = (render_prompts(eval_path, eval_rows, tc.prompt_key, tc.label_key, tokenizer)
+             if eval_rows else Prompts((), (), ()))
+    return Task(name=f"dataset/{Path(tc.train).name}", tokenizer_dir=model_dir,
+                policy_dirs=[model_dir], reward_dirs=[],
+                train=PromptStream(train.texts, cfg.seed,
+                                   train.labels if tc.label_key else None, train.token_counts),
+                eval_prompts=list(evals.texts), gold=None,
+                heldout_texts=list(evals.texts), max_prompt_tokens=tc.max_prompt_tokens,
+                truncate=tc.truncate)

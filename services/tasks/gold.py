@@ -62,8 +62,9 @@ def compound(text: str) -> float:
     return float(_analyzer().polarity_scores(text)["compound"]) if text.strip() else 0.0
 
 
-def gold_score(prompts: list[str], completions: list[str]) -> list[float]:
-    """gold = compound(completion) * fluency(prompt, completion), one float per pair."""
+def gold_score(prompts: list[str], completions: list[str], labels=None) -> list[float]:
+    """gold = compound(completion) * fluency(prompt, completion), one float per pair (the
+    reward-function signature; the tiny world has no labels)."""
     if len(prompts) != len(completions):
         raise ValueError(f"gold_score: {len(prompts)} prompts but {len(completions)} completions")
     return [compound(c) * fluency(p, c) if c.strip() else 0.0 for p, c in zip(prompts, completions)]

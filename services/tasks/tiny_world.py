@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from actors.scoring import RewardScorer, encode_inputs, reward_forward
-from services.config import TaskConfig
+from services.config import TinyWorldConfig
 from services.tasks import corpus
 from services.tasks.base import PromptStream, Task
 from services.tasks.gold import gold_score
@@ -166,12 +166,11 @@ class World:
     summary: dict  # the prepare summary (also saved as root/summary.json)
 
 
-def world_key(task: TaskConfig) -> str:
+def world_key(task: TinyWorldConfig) -> str:
     """`<size>-<hash>`: the hash covers the fields that change the world, the size's recipe
     and BUILD_VERSION."""
-    fields = {
-        k: getattr(task, k)
-        for k in ("name", "size", "seed", "num_members", "num_sft_seeds", "label_noise")
+    fields = {"name": task.kind} | {
+        k: getattr(task, k) for k in ("size", "seed", "num_members", "num_sft_seeds", "label_noise")
     }
     recipe = dataclasses.asdict(RECIPES[task.size])
     blob = json.dumps({"fields": fields, "recipe": recipe, "version": BUILD_VERSION},
@@ -195,7 +194,7 @@ def _load(root: Path) -> World:
     )
 
 
-def prepare(task: TaskConfig, verbose: bool = False) -> World:
+def prepare(task: TinyWorldConfig, verbose: bool = False) -> World:
     """Build the world described by `task`, or load it from the cache (instant)."""
     root = (Path(task.cache_dir) / world_key(task)).resolve()
     if (root / "summary.json").is_file():
@@ -277,7 +276,7 @@ def _train_member(job) -> tuple[float, float]:
                 round(pair_accuracy(rm, tok, train_noisy[:TRAIN_ACC_PAIRS], max_len), 4))
 
 
-def _build(task: TaskConfig, out: Path, key: str, verbose: bool) -> None:
+def _build(task: TinyWorldConfig, out: Path, key: str, verbose: bool) -> None:
     r = RECIPES[task.size]
     t_start = time.time()
     timings: dict[str, float] = {}

@@ -55,7 +55,7 @@ def test_cluster_run_config_loads():
     assert cfg.rollout.engine == "vllm"
     assert cfg.learner.resources == {"learner": 1} and cfg.learner.num_gpus == 1
     assert cfg.reward.resources == {"reward": 1}
-    assert cfg.task.name == "tiny_world" and cfg.cluster.address == "auto"
+    assert cfg.task.kind == "tiny_world" and cfg.cluster.address == "auto"
     assert cfg.metrics.port == EXPORTER_PORT and cfg.metrics.host == "127.0.0.1"
 
 

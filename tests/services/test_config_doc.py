@@ -8,22 +8,28 @@ import types
 import typing
 from pathlib import Path
 
-from services.config import RunConfig, fields_of
+from services.config import TASK_KINDS, RunConfig, fields_of
 from services.config_doc import DOC, render
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def dotted_paths(model: type, prefix: str = "") -> list[str]:
-    """Every field of the config tree by dotted name, sections (also `X | None`) included."""
+    """Every field of the config tree by dotted name, sections (also `X | None`, `list[X]`
+    as `name[].`, and each kind of task) included."""
     paths = []
     for name, field in fields_of(model).items():
         paths.append(prefix + name)
         t = field.annotation
-        union = typing.get_origin(t) in (typing.Union, types.UnionType)
-        for candidate in (t, *(typing.get_args(t) if union else ())):
+        if model is RunConfig and name == "task":
+            for kind in TASK_KINDS.values():
+                paths += dotted_paths(kind, "task.")
+            continue
+        many = typing.get_origin(t) in (typing.Union, types.UnionType, list)
+        for candidate in (t, *(typing.get_args(t) if many else ())):
             if fields_of(candidate) is not None:
-                paths += dotted_paths(candidate, f"{prefix}{name}.")
+                sub = "[]." if typing.get_origin(t) is list else "."
+                paths += dotted_paths(candidate, f"{prefix}{name}{sub}")
     return paths
 
 
@@ -42,9 +48,12 @@ def table_rows() -> dict[str, str]:
 def test_doc_names_every_field():
     text = render()
     paths = dotted_paths(RunConfig)
-    assert {"learner.kl.coef", "policy.lora.rank", "rollout.sampling.n"} <= set(paths)
+    assert {"learner.kl.coef", "policy.lora.rank", "rollout.sampling.n", "task.train",
+            "task.size", "reward.functions[].path"} <= set(paths)
     top = {name for name, f in fields_of(RunConfig).items() if fields_of(f.annotation)}
-    headings = {line.removeprefix("## ") for line in text.splitlines() if line.startswith("## ")}
+    top.add("task")  # one table per kind: "## task (kind: ...)"
+    headings = {line.removeprefix("## ").split(" (kind")[0] for line in text.splitlines()
+                if line.startswith("## ")}
     assert top and top <= headings
     documented = table_rows()
     missing = [p for p in paths if p not in top and p not in documented]

@@ -1,0 +1,91 @@
+"""Train on your own data (examples/own_data, README "Train your own model"): a prompt file, a
+reward function and an HF model dir, end to end on embedded Ray, then the export loads."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from actors.records import Sample
+from actors.reward import RewardMember, RewardSpec
+from services.cli import main
+from services.config import ConfigError, load_config
+from tests.conftest import TEST_WORLDS
+
+CONFIG = "examples/own_data/config.yaml"
+
+
+def own(tmp_path, micro_world, *overrides):
+    return load_config(CONFIG, [f"policy.model_dir={micro_world.sft_dirs[0]}",
+                                f"run_dir={tmp_path}", *overrides])
+
+
+def test_readme_commands_train_the_example_and_export_it(ray_session, micro_world, tmp_path,
+                                                         capsys):
+    # README: SFT=$(raylign prepare --config deploy/configs/micro.yaml --sft-dir)
+    assert main(["prepare", "--config", "deploy/configs/micro.yaml",
+                 f"task.cache_dir={TEST_WORLDS}", "--sft-dir"]) == 0
+    sft = capsys.readouterr().out.strip()
+    assert sft == str(micro_world.sft_dirs[0])
+    # README: raylign train --config examples/own_data/config.yaml policy.model_dir=$SFT
+    # (3 steps here, in tmp_path)
+    assert main(["train", "--config", CONFIG, f"policy.model_dir={sft}", "learner.steps=3",
+                 f"run_dir={tmp_path}", "learner.eval_every=3"]) == 0
+    run = tmp_path / "own-data"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["ledger"] == {"trained": 3 * 16 // 4}
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        assert math.isfinite(r["reward/member0"]) and "reward/gold" not in r
+        assert r["loss/value"] == 0.0  # grpo: no critic
+    assert "drift/ppl_policy" in rows[-1]  # the held-out prompts serve the drift metric
+    export = sorted((run / "export").iterdir())[-1]
+    AutoModelForCausalLM.from_pretrained(export)
+
+
+def test_too_long_prompts_are_dropped_and_counted(ray_session, micro_world, tmp_path):
+    from services.bootstrap import train
+
+    cfg = own(tmp_path, micro_world, "learner.steps=2", "task.max_prompt_tokens=9",
+              "learner.eval_every=0")
+    summary = train(cfg)
+    ledger = summary["ledger"]
+    assert ledger["trained"] == 2 * 16 // 4 and ledger["dropped:too_long"] >= 1
+
+
+def test_a_gold_function_is_logged_not_trained_on(ray_session, micro_world, tmp_path):
+    from services.bootstrap import train
+
+    cfg = own(tmp_path, micro_world, "learner.steps=1", "learner.eval_every=0",
+              "reward.functions=[{path: examples/own_data/rewards.py, name: score}, "
+              "{path: services.tasks.gold:gold_score, gold: true}]")
+    train(cfg)
+    row = json.loads((cfg.path / "metrics.jsonl").read_text().splitlines()[0])
+    assert math.isfinite(row["reward/gold"]) and "reward/member1" not in row
+
+
+def test_bad_functions_fail_before_anything_starts(micro_world, tmp_path):
+    with pytest.raises(ConfigError, match=r"reward.functions.0.path: .*no such file"):
+        own(tmp_path, micro_world, "reward.functions=[{path: nope.py, name: score}]")
+    with pytest.raises(ConfigError, match=r"has no callable 'scorez'"):
+        own(tmp_path, micro_world,
+            "reward.functions=[{path: examples/own_data/rewards.py, name: scorez}]")
+    with pytest.raises(ConfigError, match="a dataset task needs policy.model_dir"):
+        load_config(CONFIG)
+    with pytest.raises(ConfigError, match="exceeds the policy's context"):
+        own(tmp_path, micro_world, "task.max_prompt_tokens=100000")
+
+
+def test_a_function_member_scores_with_labels_and_checks_its_length(tmp_path):
+    member = RewardMember(0, RewardSpec(function="examples/own_data/rewards.py:score",
+                                        weight=2.0))
+    samples = [Sample(i, [1], [2], [-1.0], 0, "w", "Review the lamp. The lamp", text)
+               for i, text in enumerate(["a great lamp", "meh"])]
+    assert member.score(samples, {0: "lamp", 1: "lamp"}) == [2 * 1.25, 0.0]
+    (tmp_path / "bad.py").write_text("def score(p, c, l):\n    return [1.0]\n")
+    bad = RewardMember(1, RewardSpec(function=f"{tmp_path / 'bad.py'}:score"))
+    with pytest.raises(ValueError, match="returned 1 scores for 2 completions"):
+        bad.score(samples)
