@@ -55,7 +55,7 @@ def run(settings, cfg, world) -> dict:
     from actors.reward import RewardMember, RewardPool, combine_scores
     from actors.rollout import RolloutWorker
     from learner.weights import snapshot_from_model
-    from services.bootstrap import combine_options, reward_dirs
+    from services.bootstrap import combine_options, reward_specs
     from services.tasks.tiny_world import task_of
 
     rc, b, m = cfg.rollout, cfg.rollout.prompts_per_batch, settings.rollout_batches
@@ -79,9 +79,9 @@ def run(settings, cfg, world) -> dict:
 
         rw = cfg.reward
         task = task_of(world, cfg.seed)
-        combine_kw, dirs = combine_options(cfg, task), reward_dirs(cfg, task)
-        k = len(dirs)
-        local_members = [RewardMember(i, dirs[i], rw.batch_size) for i in range(k)]
+        combine_kw, specs = combine_options(cfg, task), reward_specs(cfg, task)
+        k = len(specs)
+        local_members = [RewardMember(i, specs[i], rw.batch_size) for i in range(k)]
 
         def local_same_work() -> tuple[float, int, int]:
             t0 = time.perf_counter()
@@ -102,7 +102,7 @@ def run(settings, cfg, world) -> dict:
                                                      rc.engine, sampling, cfg.seed)
                    for i in range(nmax)]
         pool = RewardPool(k, lambda i, _name: _remote(RewardMember, rw).remote(
-            i, dirs[i], rw.batch_size), combine_kw, on_failure=_fail)
+            i, specs[i], rw.batch_size), combine_kw, on_failure=_fail)
         pool.scale_to(1)
         model = AutoModelForCausalLM.from_pretrained(world.sft_dirs[0], use_safetensors=True)
         snap_ref = ray.put(snapshot_from_model(model, 0))
