@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 
 from actors.records import Prompt, Sample, Sampling
+from actors.scoring import pad_token_id
 from learner.weights import WeightSnapshot, apply_snapshot, merge_lora
 
 
@@ -105,7 +106,8 @@ class HFEngine:
         ids, cut = _encode_prompts(tok, prompts, self.model.config.max_position_embeddings,
                                    sampling, self.max_prompt_tokens)
         width = max(len(x) for x in ids)
-        input_ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in ids])
+        pad = pad_token_id(tok)
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
         attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
         # Seeded by the batch's first prompt id: the same batch samples the same completions.
         torch.manual_seed(self.seed + prompts[0][0])
@@ -119,7 +121,7 @@ class HFEngine:
             top_p=sampling.top_p,
             output_scores=True,  # processed: temperature, top-k, top-p applied
             return_dict_in_generate=True,
-            pad_token_id=tok.pad_token_id,
+            pad_token_id=pad,
             eos_token_id=tok.eos_token_id,
         )
         responses = gen.sequences[:, width:]

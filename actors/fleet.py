@@ -17,6 +17,19 @@ from dataclasses import dataclass
 import ray
 
 
+def use_assigned_cpus() -> int | None:
+    """Inside a Ray actor: torch threads = the CPUs Ray assigned it (at least 1). Ray may hand
+    an actor a worker process it started for other work, whose thread count would otherwise
+    stay, and floating-point results depend on the thread count. None outside an actor."""
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return None
+    import torch
+
+    threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 0)))
+    torch.set_num_threads(threads)
+    return threads
+
+
 @dataclass
 class Member:
     name: str

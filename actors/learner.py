@@ -9,6 +9,7 @@ from pathlib import Path
 import ray
 import torch
 
+from actors.fleet import use_assigned_cpus
 from actors.records import Sample, ScoredSample, StepStats
 from learner.settings import LoraSettings, PPOSettings
 from learner.soup import average_state_dicts
@@ -44,6 +45,7 @@ class LearnerActor:
                  init: str = "sft", soup_weights: list[float] | None = None,
                  lora: LoraSettings | None = None, temperature: float = 1.0, seed: int = 0,
                  pad_token_id: int) -> None:
+        use_assigned_cpus()
         torch.manual_seed(seed)
         policy, soup = build_policy(Path(start_dir), [Path(d) for d in soup_dirs], init=init,
                                     soup_weights=soup_weights,

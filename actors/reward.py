@@ -23,7 +23,7 @@ import ray
 import torch
 from ray.exceptions import RayError
 
-from actors.fleet import ActorGroup, Member
+from actors.fleet import ActorGroup, Member, use_assigned_cpus
 from actors.records import Sample, ScoredSample
 from actors.scoring import RewardScorer, load_callable
 from learner.ensemble import aggregate
@@ -48,6 +48,7 @@ class RewardMember:
     (its own tokenizer: it scores text) or a reward function."""
 
     def __init__(self, member: int, spec: RewardSpec | str | Path, batch_size: int = 32) -> None:
+        use_assigned_cpus()
         spec = spec if isinstance(spec, RewardSpec) else RewardSpec(model_dir=str(spec))
         self.member, self.spec, self.batch_size = member, spec, batch_size
         self.scorer = RewardScorer(Path(spec.model_dir)) if spec.model_dir else None

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from actors.engines import make_engine
+from actors.fleet import use_assigned_cpus
 from actors.records import Prompt, Sample, Sampling
 from learner.weights import WeightSnapshot
 
@@ -22,6 +23,7 @@ class RolloutWorker:
         self, worker_id: str, model_dir: str | Path, engine: str, sampling: Sampling, seed: int,
         max_prompt_tokens: int | None = None,
     ) -> None:
+        use_assigned_cpus()
         self.worker_id = worker_id
         self.sampling = sampling
         self.engine = make_engine(engine, model_dir, seed=seed,

@@ -51,6 +51,15 @@ def reward_forward(model, seqs: list[tuple[list[int], int]], pad_id: int) -> tor
 
 
 
+def pad_token_id(tokenizer) -> int:
+    """The tokenizer's pad id, else its EOS id (GPT-2-style tokenizers have no pad token;
+    padding is masked out either way)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError(f"tokenizer {tokenizer.name_or_path}: no pad and no EOS token")
+    return pad
+
+
 def pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded (input_ids, attention_mask)."""
     width = max(len(s) for s in seqs)
@@ -73,6 +82,9 @@ class RewardScorer:
             str(model_dir), use_safetensors=True
         ).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.pad_id = pad_token_id(self.tokenizer)
+        if self.model.config.pad_token_id is None:  # transformers finds the last token by it
+            self.model.config.pad_token_id = self.pad_id
         self.max_len = int(self.model.config.max_position_embeddings)
 
     @torch.inference_mode()
@@ -89,7 +101,7 @@ class RewardScorer:
                 completions[i : i + batch_size],
                 self.max_len,
             )
-            out += reward_forward(self.model, seqs, self.tokenizer.pad_token_id).tolist()
+            out += reward_forward(self.model, seqs, self.pad_id).tolist()
         return out
 
 

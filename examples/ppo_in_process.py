@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from actors.engines import HFEngine
 from actors.reward import RewardMember, combine_scores
+from actors.scoring import pad_token_id
 from learner.trainer import PPOTrainer, RolloutBatch
 from services.bootstrap import combine_options, reward_specs
 from services.config import load_config
@@ -32,7 +33,8 @@ def main(config: str = "deploy/configs/micro.yaml", steps: int = 10, overrides=N
                for k, spec in enumerate(reward_specs(cfg, task))]
     combine = combine_options(cfg, task)
     policy = AutoModelForCausalLM.from_pretrained(start, use_safetensors=True)
-    trainer = PPOTrainer(policy, cfg.learner_settings(), pad_token_id=engine.tokenizer.pad_token_id,
+    pad = pad_token_id(engine.tokenizer)
+    trainer = PPOTrainer(policy, cfg.learner_settings(), pad_token_id=pad,
                          lora=cfg.policy.lora, temperature=cfg.rollout.sampling.temperature,
                          seed=cfg.seed)
     n, history = cfg.learner.samples_per_step, []
@@ -47,7 +49,7 @@ def main(config: str = "deploy/configs/micro.yaml", steps: int = 10, overrides=N
         scored = combine_scores(samples, *(m.score(samples, labels) for m in members),
                                 labels=labels, **combine)
         # 3. learn
-        stats = trainer.step(RolloutBatch.from_samples(scored, engine.tokenizer.pad_token_id))
+        stats = trainer.step(RolloutBatch.from_samples(scored, pad))
         history.append(stats)
         if verbose:
             print(f"step {step}: proxy reward {stats['reward/score_mean']:+.3f}  "

@@ -43,6 +43,13 @@ def clone_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in tensors.items()}
 
 
+def ema_copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached copies for an EMA: float tensors narrower than fp32 (bf16, fp16) become fp32,
+    or (1 - eta) * theta would round away (bf16 keeps 8 bits of mantissa)."""
+    return {k: v.detach().float() if v.is_floating_point() and v.element_size() < 4
+            else v.detach().clone() for k, v in tensors.items()}
+
+
 @torch.no_grad()
 def ema_update_(
     ema: dict[str, torch.Tensor], online: dict[str, torch.Tensor] | nn.Module, decay: float
@@ -147,7 +154,7 @@ class ElasticReset:
         self.reset_optimizer = reset_optimizer
         live = trainable_tensors(module)
         self.init = clone_tensors(live if init is None else init)
-        self.ema = clone_tensors(self.init)
+        self.ema = ema_copies(self.init)
 
     def _maybe_update(self, event: EmaUpdate, module: nn.Module) -> None:
         if self.schedule.updates_ema_on(event):
@@ -175,7 +182,7 @@ class ElasticReset:
         """online <- EMA (or init if target="init"), then EMA <- init (if reset_ema)."""
         copy_into_(module, self.ema if self.target == "ema" else self.init)
         if self.reset_ema:
-            self.ema = clone_tensors(self.init)
+            self.ema = ema_copies(self.init)
         self.schedule.resets += 1
 
     def state_dict(self) -> dict:

@@ -4,7 +4,9 @@ the exporter, and `train()` that runs the driver and writes the report."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import math
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from actors.fleet import ActorGroup, Member
 from actors.learner import LearnerActor
 from actors.reward import RewardMember, RewardPool, RewardSpec
 from actors.rollout import RolloutWorker
+from actors.scoring import pad_token_id
 from services.config import Placement, RunConfig
 from services.control import start_controller
 from services.metrics import Metrics
@@ -68,14 +71,8 @@ class Fleet:
         eval_texts = [(tokenizer(t)["input_ids"] + [tokenizer.eos_token_id])
                       [: tokenizer.model_max_length]
                       for t in task.heldout_texts[: cfg.learner.eval_texts]]
-        start_dir = cfg.policy.model_dir or str(task.policy_dirs[0])
         learner = remote(LearnerActor, cfg.learner, f"{cfg.name}:learner",
-                         cfg.cluster.namespace).remote(
-            cfg.learner_settings(), start_dir, [str(d) for d in task.policy_dirs],
-            init=cfg.policy.init,
-            soup_weights=cfg.learner.soup_weights, lora=cfg.policy.lora,
-            temperature=cfg.rollout.sampling.temperature, seed=cfg.seed,
-            pad_token_id=tokenizer.pad_token_id)
+                         cfg.cluster.namespace).remote(**learner_args(cfg, task, tokenizer))
         controller = start_controller(
             {"rollout": cfg.rollout.replicas, "reward": cfg.reward.replicas},
             cfg.cluster.namespace)
@@ -96,6 +93,16 @@ class Fleet:
         return RewardPool(len(specs), lambda k, name: remote(
             RewardMember, rc, f"{self.cfg.name}:{name}", self.cfg.cluster.namespace).remote(
                 k, specs[k], rc.batch_size), combine_options(self.cfg, self.task), on_failure)
+
+
+def learner_args(cfg: RunConfig, task: Task, tokenizer) -> dict:
+    """LearnerActor's arguments for this run (the driver's actor, and `raylign export`)."""
+    return {"settings": cfg.learner_settings(),
+            "start_dir": cfg.policy.model_dir or str(task.policy_dirs[0]),
+            "soup_dirs": [str(d) for d in task.policy_dirs], "init": cfg.policy.init,
+            "soup_weights": cfg.learner.soup_weights, "lora": cfg.policy.lora,
+            "temperature": cfg.rollout.sampling.temperature, "seed": cfg.seed,
+            "pad_token_id": pad_token_id(tokenizer)}
 
 
 def reward_specs(cfg: RunConfig, task: Task) -> list[RewardSpec]:
@@ -150,6 +157,10 @@ def train(cfg: RunConfig, *, resume: bool = False) -> dict:
     from services.tasks import load_task
 
     task = load_task(cfg)
+    if cfg.learner.epochs is not None:  # a run set by epochs: as many steps as they take
+        samples = cfg.learner.epochs * len(task.train) * cfg.rollout.sampling.n
+        steps = max(1, math.ceil(samples / cfg.learner.samples_per_step))
+        cfg = cfg.model_copy(update={"learner": dataclasses.replace(cfg.learner, steps=steps)})
     run_dir = cfg.path
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))

@@ -187,6 +187,10 @@ class LearnerConfig(Placement, PPOSettings):
     """The learner actor: one (data-parallel learners are not implemented), PPO settings."""
 
     steps: int = Field(20, ge=1, description="PPO iterations (learner versions) to run")
+    epochs: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                 description="run this many passes over the training prompts "
+                                 "instead (sets steps: ceil(epochs * prompts * n / "
+                                 "samples_per_step))")
     samples_per_step: int = Field(32, ge=1, description="scored samples per PPO iteration")
     eval_every: int = Field(
         5, ge=0, description="steps between drift evaluations on held-out text (0 = off)"

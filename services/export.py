@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from actors.scoring import pad_token_id
+
 
 class ExportError(RuntimeError):
     """The run dir, its config or the checkpoint is missing or unusable."""
@@ -71,25 +73,18 @@ def _checkpoint(run_dir: Path, step: int | None) -> Path:
 
 
 def load_trainer(cfg, task, learner_dir: Path | None = None):
-    """A PPOTrainer built as the run's learner builds it (`LearnerActor` in `Fleet.start`),
-    with the state in `learner_dir` loaded (a checkpoint's learner/). The caller's torch RNG
-    state is left as it was (the learner's state holds an RNG state of its own)."""
+    """The run's PPOTrainer, built by the learner actor's own code (`LearnerActor` with
+    `learner_args`, in this process), with the state in `learner_dir` loaded (a checkpoint's
+    learner/). The caller's torch RNG state is left as it was (the learner's state holds an
+    RNG state of its own)."""
     from transformers import AutoTokenizer
 
-    from actors.learner import build_policy
-    from learner.trainer import PPOTrainer
+    from actors.learner import LearnerActor
+    from services.bootstrap import learner_args
 
-    settings = cfg.learner_settings()
-    pad_token_id = AutoTokenizer.from_pretrained(task.tokenizer_dir).pad_token_id
-    start_dir = cfg.policy.model_dir or str(task.policy_dirs[0])
+    tokenizer = AutoTokenizer.from_pretrained(task.tokenizer_dir)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        policy, soup = build_policy(Path(start_dir), [Path(d) for d in task.policy_dirs],
-                                    init=cfg.policy.init, soup_weights=cfg.learner.soup_weights,
-                                    with_soup=settings.kl.reference == "soup")
-        trainer = PPOTrainer(policy, settings, pad_token_id=pad_token_id, soup_state=soup,
-                             lora=cfg.policy.lora,
-                             temperature=cfg.rollout.sampling.temperature, seed=cfg.seed)
+        trainer = LearnerActor(**learner_args(cfg, task, tokenizer)).trainer
         if learner_dir is not None:
             trainer.load(learner_dir)
     return trainer
@@ -127,7 +122,7 @@ def export_run(run_dir: str | Path, step: int | None = None, merge_lora: bool = 
     generation = {"do_sample": True, "temperature": s.temperature, "top_k": s.top_k,
                   "top_p": s.top_p, "bos_token_id": tokenizer.bos_token_id,
                   "eos_token_id": tokenizer.eos_token_id,
-                  "pad_token_id": tokenizer.pad_token_id}
+                  "pad_token_id": pad_token_id(tokenizer)}
 
     root = run_dir / "export"
     final = root / ckpt.name

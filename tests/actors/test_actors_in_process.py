@@ -78,7 +78,7 @@ def test_learner_actor_steps_publishes_once_and_keeps_one_version(ray_session, m
 class FlakyMember:
     """A reward member that returns NaN for prompt id 1 (a broken model's output)."""
 
-    def score(self, samples: list[Sample]) -> list[float]:
+    def score(self, samples: list[Sample], labels=None) -> list[float]:
         return [math.nan if s.prompt_id == 1 else 0.5 for s in samples]
 
     def info(self) -> dict:

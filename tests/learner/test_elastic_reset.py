@@ -136,3 +136,23 @@ def test_reset_flags_defaults_validation_and_state():
         del state[k]
     er.load_state_dict(state)
     assert (er.target, er.reset_ema) == ("ema", True)
+
+
+def test_ema_of_bf16_weights_is_kept_in_fp32():
+    # 17 updates at eta 0.995 toward a weight 0.01 above the start: the exact EMA moved
+    # 0.01 * (1 - 0.995**17) = 0.000818 (bf16 target: 0.000638); in bf16 (resolution 0.0078
+    # near 1) every update rounds away and the EMA never moves.
+    module = torch.nn.Linear(4, 4, bias=False).to(torch.bfloat16)
+    with torch.no_grad():
+        module.weight.fill_(1.0)
+    er = ElasticReset(module, ema_decay=0.995, reset_every=100)
+    assert er.ema["weight"].dtype == torch.float32 and er.init["weight"].dtype == torch.bfloat16
+    with torch.no_grad():
+        module.weight.fill_(1.0 + 0.01)
+    target = float(module.weight[0, 0])  # 1.0 + 0.01 in bf16
+    for _ in range(17):
+        er.end_iteration(module)
+    moved = float(er.ema["weight"][0, 0]) - 1.0
+    assert moved == pytest.approx((target - 1.0) * (1 - 0.995 ** 17), abs=2e-6)  # fp32 ulp
+    er.reset(module)  # online <- EMA (cast back to bf16), EMA <- init in fp32 again
+    assert module.weight.dtype == torch.bfloat16 and er.ema["weight"].dtype == torch.float32

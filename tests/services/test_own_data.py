@@ -89,3 +89,38 @@ def test_a_function_member_scores_with_labels_and_checks_its_length(tmp_path):
     bad = RewardMember(1, RewardSpec(function=f"{tmp_path / 'bad.py'}:score"))
     with pytest.raises(ValueError, match="returned 1 scores for 2 completions"):
         bad.score(samples)
+
+
+def gpt2_without_pad(tmp_path, micro_world):
+    """A second architecture, built locally: a tiny GPT-2 whose tokenizer has no pad token."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(micro_world.tokenizer_dir)
+    tok.pad_token = None
+    config = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    out = tmp_path / "gpt2"
+    GPT2LMHeadModel(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_a_gpt2_policy_without_a_pad_token_trains_and_exports(ray_session, micro_world,
+                                                              tmp_path):
+    from services.bootstrap import train
+
+    model_dir = gpt2_without_pad(tmp_path, micro_world)
+    cfg = load_config(CONFIG, [f"policy.model_dir={model_dir}", f"run_dir={tmp_path}",
+                               "learner.steps=2", "learner.eval_every=2"])
+    summary = train(cfg)
+    assert summary["steps"] == 2 and summary["ledger"] == {"trained": 2 * 16 // 4}
+    exported = AutoModelForCausalLM.from_pretrained(summary["export"])
+    assert type(exported).__name__ == "GPT2LMHeadModel"
+
+
+def test_a_run_set_by_epochs(ray_session, micro_world, tmp_path):
+    from services.bootstrap import train
+
+    # 270 training prompts x 4 completions, 0.05 epochs = 54 samples: 4 steps of 16
+    cfg = own(tmp_path, micro_world, "learner.epochs=0.05", "learner.eval_every=0")
+    assert train(cfg)["steps"] == 4
