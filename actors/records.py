@@ -16,7 +16,8 @@ from pydantic import dataclasses as pydantic_dataclasses
 Prompt = tuple[int, str]  # (prompt_id, text): the id is the ledger's key
 
 
-@pydantic_dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+@pydantic_dataclasses.dataclass(frozen=True,
+                                config=ConfigDict(extra="forbid", allow_inf_nan=False))
 class Sampling:
     """How rollout engines sample (the run config's `rollout.sampling`)."""
 

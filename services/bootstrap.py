@@ -10,6 +10,7 @@ import math
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 from tqdm import tqdm
@@ -19,14 +20,11 @@ from actors.learner import LearnerActor
 from actors.reward import RewardMember, RewardPool, RewardSpec
 from actors.rollout import RolloutWorker
 from actors.scoring import pad_token_id
-from services.config import Placement, RunConfig
+from services.config import ConfigError, Placement, RunConfig
 from services.control import start_controller
+from services.errors import RunFailed
 from services.metrics import Metrics
 from services.tasks.base import Task
-
-
-class RunFailed(RuntimeError):
-    pass
 
 
 def init_ray(cfg: RunConfig) -> bool:
@@ -150,13 +148,72 @@ class signals_to:
             signal.signal(sig, handler)
 
 
-def train(cfg: RunConfig, *, resume: bool = False) -> dict:
+RESUME_MAY_CHANGE = ("learner.steps", "learner.epochs", "rollout.replicas", "reward.replicas",
+                     "cluster.", "metrics.", "checkpoint.")
+
+
+def check_resumable(cfg: RunConfig, allow_config_change: bool = False) -> None:
+    """--resume needs a valid checkpoint and the config the run was started with (but for the
+    fields in RESUME_MAY_CHANGE), unless allow_config_change."""
+    from services.checkpoint import latest_valid
+
+    if latest_valid(cfg.path) is None:
+        raise ConfigError(f"--resume: no valid checkpoint under {cfg.path / 'checkpoints'}")
+    saved, now = (_flat(json.loads((cfg.path / "config.json").read_text())),
+                  _flat(cfg.model_dump(mode="json")))
+    changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k)
+                     and not k.startswith(RESUME_MAY_CHANGE))
+    if changed and not allow_config_change:
+        raise ConfigError(f"--resume: the config differs from the run's {cfg.path / 'config.json'}"
+                          f" in {', '.join(changed)} (--allow-config-change resumes anyway)")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def check_context(cfg: RunConfig, task: Task) -> None:
+    """max_new_tokens must leave the policy's context room for a prompt."""
+    start = Path(cfg.policy.model_dir or task.policy_dirs[0])
+    context = json.loads((start / "config.json").read_text()).get("max_position_embeddings")
+    if context is not None and cfg.rollout.sampling.max_new_tokens >= context:
+        raise ConfigError(f"rollout.sampling.max_new_tokens ({cfg.rollout.sampling.max_new_tokens})"
+                          f" leaves no room for a prompt in the policy's context ({context})")
+
+
+def check_resources(cfg: RunConfig, members: int, cluster: dict[str, float]) -> None:
+    """Every role's actors fit the embedded Ray's resources (before any actor is created:
+    Ray would wait for them forever)."""
+    roles = [("learner", cfg.learner, 1), ("rollout", cfg.rollout, cfg.rollout.replicas),
+             ("reward", cfg.reward, cfg.reward.replicas * members)]
+    need: dict[str, float] = {}
+    for role, res, n in roles:
+        ask = {"CPU": res.num_cpus, "GPU": res.num_gpus, **res.resources}
+        for name, amount in ask.items():
+            if amount > cluster.get(name, 0.0):
+                raise ConfigError(f"{role}: one actor asks for {amount:g} {name}; the embedded "
+                                  f"Ray has {cluster.get(name, 0.0):g}")
+            need[name] = need.get(name, 0.0) + n * amount
+    for name, amount in need.items():
+        if amount > cluster.get(name, 0.0) + 1e-9:
+            raise ConfigError(f"the run's actors ask for {amount:g} {name} in all (learner, "
+                              f"rollout x replicas, reward x members x replicas); the embedded "
+                              f"Ray has {cluster.get(name, 0.0):g} (cluster.num_cpus)")
+
+
+def train(cfg: RunConfig, *, resume: bool = False, allow_config_change: bool = False) -> dict:
     """Build/load the task, start Ray (embedded unless cluster.address), run, report."""
     from services.pipeline import Driver
     from services.report import write_report
     from services.tasks import load_task
 
+    if resume:
+        check_resumable(cfg, allow_config_change)
     task = load_task(cfg)
+    check_context(cfg, task)
     if cfg.learner.epochs is not None:  # a run set by epochs: as many steps as they take
         samples = cfg.learner.epochs * len(task.train) * cfg.rollout.sampling.n
         steps = max(1, math.ceil(samples / cfg.learner.samples_per_step))
@@ -172,6 +229,8 @@ def train(cfg: RunConfig, *, resume: bool = False) -> dict:
     started = init_ray(cfg)
     driver = None
     try:
+        if started and not cfg.cluster.address:
+            check_resources(cfg, len(reward_specs(cfg, task)), ray.cluster_resources())
         driver = Driver(Fleet.start(cfg, task), run_dir, metrics)
         summary = driver.run(resume=resume)
     finally:

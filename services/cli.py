@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from services.config import ConfigError, load_config
+from services.errors import NoCluster, RunFailed
 from services.tasks.dataset import DataError
 
 
@@ -44,7 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)  # fails here, before Ray starts
     from services.bootstrap import train
 
-    summary = train(cfg, resume=args.resume)
+    summary = train(cfg, resume=args.resume, allow_config_change=args.allow_config_change)
     print(json.dumps(summary, indent=1))
     print(f"run dir: {cfg.path}  (plots: {cfg.path / 'rewards.png'}, report: "
           f"{cfg.path / 'report.md'})")
@@ -102,13 +103,29 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def _connect(args: argparse.Namespace):
+    """Join the cluster (a reachability check first: `ray.init` would retry an unreachable
+    address for minutes) and find the run's controller actor."""
+    import socket
+
     import ray
 
     from services.control import find_controller
 
-    ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "auto",
-             namespace=args.namespace, log_to_driver=False)
-    return ray, find_controller(args.namespace)
+    address = args.address or os.environ.get("RAY_ADDRESS") or "auto"
+    if address != "auto":
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except (OSError, ValueError) as e:
+            raise NoCluster(f"no Ray cluster at {address}: {e}") from None
+    try:
+        ray.init(address=address, namespace=args.namespace, log_to_driver=False)
+    except ConnectionError as e:
+        raise NoCluster(f"no Ray cluster to join ({address}): {e}") from None
+    try:
+        return ray, find_controller(args.namespace)
+    except RuntimeError as e:  # no controller actor: no run in that namespace
+        raise NoCluster(str(e)) from None
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
@@ -135,6 +152,12 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raylign", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--address", default=None, help="Ray address ('auto' = running cluster)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's checkpoint")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue although the config differs from the run's")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="write a run's policy as an HF model dir (LoRA: a peft "
@@ -177,8 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--address", default=None, help="Ray address (default: auto)")
         p.add_argument("--namespace", default="raylign", help="the run's cluster.namespace")
         if name == "scale":
-            p.add_argument("--rollout", type=int, default=None, help="rollout workers")
-            p.add_argument("--reward-replicas", type=int, default=None,
+            p.add_argument("--rollout", type=_positive, default=None, help="rollout workers")
+            p.add_argument("--reward-replicas", type=_positive, default=None,
                            help="actors per reward member")
         p.set_defaults(func=func)
     return parser
@@ -193,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"raylign: {e}", file=sys.stderr)
         return 2
+    except NoCluster as e:
+        print(f"raylign: {e}", file=sys.stderr)
+        return 3
+    except RunFailed as e:
+        print(f"raylign: the run failed: {e}", file=sys.stderr)
+        return 4
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import importlib.util
+import ipaddress
 import json
 import warnings
 from pathlib import Path
@@ -35,7 +36,7 @@ from learner.settings import STRICT, LoraSettings, PPOSettings
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,11 +198,15 @@ class LearnerConfig(Placement, PPOSettings):
     )
     eval_texts: int = Field(64, ge=1, description="held-out corpus texts per drift evaluation")
     soup_weights: list[float] | None = Field(
-        None, description="weights of the SFT models in the soup (None = uniform)"
+        None, description="weights of the SFT models in the soup, summing to 1 (None = "
+        "uniform)"
     )
 
     @model_validator(mode="after")
     def _divides(self) -> LearnerConfig:
+        w = self.soup_weights
+        if w is not None and (min(w, default=0) < 0 or abs(sum(w) - 1.0) > 1e-6):
+            raise ValueError(f"soup_weights must be >= 0 and sum to 1, got {w}")
         if self.samples_per_step % self.minibatch_size:
             raise ValueError(
                 f"minibatch_size ({self.minibatch_size}) must divide samples_per_step "
@@ -216,7 +221,24 @@ class BroadcastConfig(Strict):
 
 class MetricsConfig(Strict):
     enabled: bool = Field(True, description="serve the Prometheus exporter")
-    host: str = Field("127.0.0.1", description="exporter bind address (loopback by default)")
+    host: str = Field("127.0.0.1", description="exporter bind address (loopback by default; "
+                      "another address needs public: true)")
+    public: bool = Field(False, description="allow binding a non-loopback host (the metrics "
+                         "carry no secrets, but nothing authenticates the scraper)")
+
+    @model_validator(mode="after")
+    def _bind(self) -> MetricsConfig:
+        try:
+            address = ipaddress.ip_address(self.host)
+        except ValueError:
+            if self.host != "localhost":
+                raise ValueError(f"metrics.host: '{self.host}' is not an IP address (or "
+                                 "localhost)") from None
+            return self
+        if not address.is_loopback and not self.public:
+            raise ValueError(f"metrics.host {self.host} is not loopback: set metrics.public: "
+                             "true to serve the exporter there")
+        return self
     port: int = Field(0, ge=0, le=65535, description="0 = pick a free port and log it")
 
 
@@ -237,7 +259,9 @@ class ClusterConfig(Strict):
 
 
 class RunConfig(Strict):
-    name: str = Field("run", description="the run's name: RUN_DIR and actor names use it")
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                      description="the run's name: RUN_DIR and actor names use it (letters, "
+                      "digits, . _ -; no path)")
     seed: int = Field(0, description="run seed: prompt order, sampling, learner RNG")
     run_dir: str = Field("runs", description="RUN_DIR = run_dir/name")
     task: TaskConfig = Field(default_factory=TinyWorldConfig, description="what to train on")
@@ -332,6 +356,10 @@ def _line_map(node: yaml.Node, prefix: tuple = (), out: dict | None = None) -> d
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             path = (*prefix, key_node.value)
+            if path in out:
+                dotted = ".".join(str(x) for x in path)
+                raise ConfigError(f"{key_node.start_mark.line + 1} {dotted}: duplicate key "
+                                  f"(first at line {out[path]})")
             out[path] = key_node.start_mark.line + 1
             _line_map(value_node, path, out)
     elif isinstance(node, yaml.SequenceNode):
@@ -375,6 +403,10 @@ def _describe(err: dict) -> str:
         return f"must be one of {ctx.get('expected')}, got {value!r}"
     if kind == "missing":
         return "required field is missing"
+    if kind == "finite_number":
+        return f"must be a finite number, got {value!r}"
+    if kind == "string_pattern_mismatch":
+        return f"must match {ctx.get('pattern')}, got {value!r}"
     if kind == "union_tag_invalid":
         return f"must be one of {ctx.get('expected_tags')}, got {ctx.get('tag')!r}"
     if kind == "value_error":
@@ -397,8 +429,11 @@ def _format(err: dict, source: str, lines: dict, overrides: dict) -> str:
                 message += f" (did you mean '{close[0]}'?)"
             else:
                 message += f"; valid keys: {', '.join(parent)}"
-    if dotted in overrides:
-        return f"override '{overrides[dotted]}': {dotted}: {message}"
+    # The override that set the field, an item of it, or a field of the section in error.
+    for key, item in overrides.items():
+        related = dotted == key or key.startswith(f"{dotted}.") or dotted.startswith(f"{key}.")
+        if related or (dotted == "(top level)" and len(overrides) == 1):
+            return f"override '{item}': {dotted}: {message}"
     # The deepest path that the file names (a model-level error points at its section).
     for cut in range(len(loc), -1, -1):
         if loc[:cut] in lines:
@@ -437,15 +472,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{p}: config file not found")
         text = p.read_text()
         try:
+            for event in yaml.parse(text, Loader=yaml.SafeLoader):  # before any expansion
+                if isinstance(event, yaml.AliasEvent):
+                    raise ConfigError(f"{source}:{event.start_mark.line + 1} YAML alias "
+                                      f"*{event.anchor}: aliases are not supported in configs")
             node = yaml.compose(text, Loader=yaml.SafeLoader)
-            data = yaml.safe_load(text) or {}
+            data = yaml.safe_load(text)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"{source}:{mark.line + 1}" if mark else source
             raise ConfigError(f"{where} YAML syntax error: {getattr(e, 'problem', e)}") from None
+        if data is None:
+            raise ConfigError(f"{source}: the file is empty (run without --config for the "
+                              "built-in defaults)")
         if not isinstance(data, dict):
             raise ConfigError(f"{source}:1 (top level): must be a mapping of sections")
-        lines = _line_map(node) if node is not None else {}
+        try:
+            lines = _line_map(node)
+        except ConfigError as e:
+            raise ConfigError(f"{source}:{e}") from None
     applied = {_apply_override(data, item): item for item in overrides or []}
     try:
         cfg = RunConfig.model_validate(data)

@@ -28,9 +28,10 @@ from tqdm import tqdm
 from actors.fleet import ActorGroup, Member
 from actors.records import Prompt, ScoredSample, StepStats, TrainBatch
 from services import admission
-from services.bootstrap import Fleet, RunFailed, signals_to
+from services.bootstrap import Fleet, signals_to
 from services.broadcast import Broadcast
-from services.checkpoint import DriverState, latest_valid, save_checkpoint
+from services.checkpoint import CheckpointError, DriverState, latest_valid, save_checkpoint
+from services.errors import RunFailed
 from services.health import Health
 from services.metrics import Metrics
 from services.reporter import Reporter
@@ -275,7 +276,11 @@ class Driver:
     def _maybe_checkpoint(self) -> None:
         every = self.cfg.checkpoint.every
         if every and self.state.steps % every == 0:
-            self._checkpoint()
+            try:
+                self._checkpoint()
+            except CheckpointError as e:  # e.g. a full disk: the earlier ones are intact
+                self.metrics.record_checkpoint_failure()
+                tqdm.write(f"{e}; carrying on")
 
     def _checkpoint(self) -> Path:
         """Save at a step boundary; prompts in flight are saved as pending and re-issued."""

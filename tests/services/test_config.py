@@ -41,7 +41,7 @@ def test_unknown_key_suggests_the_close_one(tmp_path):
 
 def test_unknown_key_without_close_match_lists_valid_keys(tmp_path):
     msg = error_of(write(tmp_path, "metrics:\n  zzz: 1\n"))
-    assert "run.yaml:2 metrics.zzz: unknown key; valid keys: enabled, host, port" in msg
+    assert "run.yaml:2 metrics.zzz: unknown key; valid keys: enabled, host, public, port" in msg
 
 
 def test_wrong_type(tmp_path):
