@@ -231,6 +231,8 @@ class Metrics:
             "raylign_desired_actors", "Actors the controller wants, per role", ("role",))
         self.restarts = counter("raylign_actor_restarts_total", "Actor restarts, per role",
                                 ("role",))
+        self.checkpoint_failures = counter(
+            "raylign_checkpoint_failures_total", "Periodic checkpoints that failed (disk, I/O)")
 
         # The driver process itself (memory, CPU, fds) as raylign_process_*.
         ProcessCollector(namespace="raylign", registry=r)
@@ -329,6 +331,10 @@ class Metrics:
     def record_nonfinite(self, where: str, n: int = 1) -> None:
         """Count NaN/inf values met at `where` (reward, loss, ...)."""
         self.nonfinite.labels(self._nonfinite_stage(where)).inc(n)
+
+    def record_checkpoint_failure(self) -> None:
+        """A periodic checkpoint could not be written (the run carried on)."""
+        self.checkpoint_failures.inc()
 
     # -- learner ----------------------------------------------------------------------------
 

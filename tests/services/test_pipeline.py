@@ -12,6 +12,7 @@ import pytest
 import ray
 
 from services.bootstrap import train
+from services.checkpoint import latest_valid
 from services.config import load_config
 from services.control import find_controller
 from tests.conftest import TEST_WORLDS, require_vllm
@@ -42,7 +43,7 @@ def test_train_end_to_end(ray_session, micro_world, tmp_path):
         assert r["rollout/staleness_max"] <= cfg.rollout.max_staleness
     for name in ("rewards.png", "rollout.png", "report.md", "summary.json"):
         assert (cfg.path / name).is_file(), name
-    assert (cfg.path / "checkpoints" / "LATEST").is_file()
+    assert latest_valid(cfg.path) is not None
 
 
 @pytest.mark.parametrize("bound", [0, 1])
@@ -115,7 +116,7 @@ def test_scale_rollout_during_a_run_then_stop_it(ray_session, micro_world, tmp_p
     summary = result["summary"]
     assert summary["interrupted"] and 1 <= summary["steps"] < cfg.learner.steps
     assert summary["ledger"]["trained"] == summary["steps"] * cfg.learner.samples_per_step
-    assert (cfg.path / "checkpoints" / "LATEST").is_file()
+    assert latest_valid(cfg.path) is not None
     assert any(len(w) == 2 for w in seen)
     workers = {r for w in seen for r in w}
     assert len(workers) >= 2  # a second worker really joined
