@@ -124,3 +124,27 @@ def test_a_run_set_by_epochs(ray_session, micro_world, tmp_path):
     # 270 training prompts x 4 completions, 0.05 epochs = 54 samples: 4 steps of 16
     cfg = own(tmp_path, micro_world, "learner.epochs=0.05", "learner.eval_every=0")
     assert train(cfg)["steps"] == 4
+
+
+def test_any_sequence_classifier_scores_at_its_last_token(micro_world, tmp_path):
+    """A reward model from anywhere: a GPT-2 classifier without the tiny world's pooling
+    attribute and without a pad token scores text with its own tokenizer, at the last real
+    token, whatever the padding of its batch."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+
+    from actors.scoring import RewardScorer
+
+    tok = AutoTokenizer.from_pretrained(micro_world.tokenizer_dir)
+    tok.pad_token = None
+    config = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                        num_labels=1, bos_token_id=tok.bos_token_id,
+                        eos_token_id=tok.eos_token_id)
+    GPT2ForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    scorer = RewardScorer(tmp_path / "rm")
+    prompts = ["The movie", "I bought a lamp and it was", "My"]
+    completions = [" was great.", " fine", " sister loved the long and happy film a lot"]
+    together = scorer.score(prompts, completions, batch_size=3)
+    alone = [scorer.score([p], [c])[0] for p, c in zip(prompts, completions)]
+    assert together == pytest.approx(alone, abs=1e-5)
+    assert len(set(together)) == 3
