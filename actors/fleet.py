@@ -10,11 +10,18 @@ an idle actor, which no call ever sees fail, is counted too).
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import ray
+
+
+def cpu_seconds() -> float:
+    """CPU time this process has used (user + system), for `raylign_actor_cpu_seconds_total`."""
+    t = os.times()
+    return t.user + t.system
 
 
 def use_assigned_cpus() -> int | None:

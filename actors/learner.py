@@ -9,7 +9,7 @@ from pathlib import Path
 import ray
 import torch
 
-from actors.fleet import use_assigned_cpus
+from actors.fleet import cpu_seconds, use_assigned_cpus
 from actors.records import Sample, ScoredSample, StepStats
 from learner.settings import LoraSettings, PPOSettings
 from learner.soup import average_state_dicts
@@ -80,6 +80,7 @@ class LearnerActor:
         values = self.trainer.step(batch)
         skipped = bool(values.get("step/skipped", 0.0))
         values["time/learner_step_s"] = time.perf_counter() - t0
+        values["cpu/learner_process_s"] = cpu_seconds()  # since the actor started
         stats = StepStats(
             step=self.trainer.version,
             policy_version=self.trainer.version,

@@ -23,7 +23,7 @@ import ray
 import torch
 from ray.exceptions import RayError
 
-from actors.fleet import ActorGroup, Member, use_assigned_cpus
+from actors.fleet import ActorGroup, Member, cpu_seconds, use_assigned_cpus
 from actors.records import Sample, ScoredSample
 from actors.scoring import RewardScorer, load_callable
 from learner.ensemble import aggregate
@@ -73,7 +73,8 @@ class RewardMember:
         return [self.spec.weight * float(x) for x in scores]
 
     def info(self) -> dict:
-        return {"member": self.member, "pid": os.getpid(), "scored": self.scored}
+        return {"member": self.member, "pid": os.getpid(), "cpu_s": cpu_seconds(),
+                "scored": self.scored}
 
 
 def combine_scores(

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from actors.engines import make_engine
-from actors.fleet import use_assigned_cpus
+from actors.fleet import cpu_seconds, use_assigned_cpus
 from actors.records import Prompt, Sample, Sampling
 from learner.weights import WeightSnapshot
 
@@ -60,5 +60,6 @@ class RolloutWorker:
             "version": self.version,
             "engine": self.engine.name,
             "pid": os.getpid(),
+            "cpu_s": cpu_seconds(),
             "load_seconds": self.load_seconds,
         }

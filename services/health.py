@@ -35,10 +35,12 @@ class Health:
         member, role = self.probes.pop(ref)
         member.probing = False
         try:
-            pid = ray.get(ref)["pid"]
+            info = ray.get(ref)
         except RayError as e:  # dead or restarting: back off; the next probe will tell
             self.failed(member, role, e)
             return
+        pid = info["pid"]
+        self.metrics.record_actor_cpu(role, member.name, info["cpu_s"])
         if member.probed(pid):
             self.restarts[role] = self.restarts.get(role, 0) + 1
             self.metrics.record_restart(role)

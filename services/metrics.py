@@ -231,6 +231,10 @@ class Metrics:
             "raylign_desired_actors", "Actors the controller wants, per role", ("role",))
         self.restarts = counter("raylign_actor_restarts_total", "Actor restarts, per role",
                                 ("role",))
+        self.actor_cpu = counter("raylign_actor_cpu_seconds_total",
+                                 "CPU seconds used by the actors of a role (their processes)",
+                                 ("role",))
+        self._cpu_seen: dict[str, float] = {}  # actor -> its last reported CPU seconds
         self.checkpoint_failures = counter(
             "raylign_checkpoint_failures_total", "Periodic checkpoints that failed (disk, I/O)")
 
@@ -246,6 +250,7 @@ class Metrics:
         for role in ROLES:
             self.live_actors.labels(role)
             self.restarts.labels(role)
+            self.actor_cpu.labels(role)
 
     # -- exporter ---------------------------------------------------------------------------
 
@@ -374,6 +379,13 @@ class Metrics:
 
     def record_restart(self, role: str) -> None:
         self.restarts.labels(self._role(role)).inc()
+
+    def record_actor_cpu(self, role: str, actor: str, cpu_s: float) -> None:
+        """An actor's process CPU time so far: the role's counter grows by what it used since
+        its last report (all of it after a restart, when the process's time starts again)."""
+        last = self._cpu_seen.get(actor, 0.0)
+        self.actor_cpu.labels(self._role(role)).inc(cpu_s - last if cpu_s >= last else cpu_s)
+        self._cpu_seen[actor] = cpu_s
 
     # -- introspection ----------------------------------------------------------------------
 

@@ -68,6 +68,8 @@ class Reporter:
         k = len(batch.samples[0].member_scores)
         self.metrics.record_rewards([v[f"reward/member{i}"] for i in range(k)], v["reward/proxy"],
                                     v.get("reward/gold"), v["reward/disagreement"])
+        if "cpu/learner_process_s" in v:
+            self.metrics.record_actor_cpu("learner", "learner", v["cpu/learner_process_s"])
         self.metrics.record_step(stats.step, v, v.get("time/learner_step_s", 0.0),
                                  stats.reset, stats.skipped)
         record = {"step": stats.step, "version": stats.policy_version, "reset": stats.reset,

@@ -105,7 +105,8 @@ ROWS = [
             (f"raylign_learner_step{sel()}", "step"),
             (f"60 * rate(raylign_learner_steps_total{sel()}{R})", "steps / min"),
             (f"raylign_elastic_resets_total{sel()}", "Elastic Resets"),
-            (f"raylign_learner_skipped_steps_total{sel()}", "skipped steps")]),
+            (f"raylign_learner_skipped_steps_total{sel()}", "skipped steps"),
+            (f"raylign_checkpoint_failures_total{sel()}", "failed checkpoints")]),
         ("Non-finite values / s", "ops", "NaN/inf met (and quarantined), by stage", [
             (f"sum by (stage) (rate(raylign_nonfinite_total{sel()}{R}))", "{{stage}}")]),
     ]),
@@ -113,6 +114,8 @@ ROWS = [
         ("Live actors per role", "short", "", [
             (f"raylign_live_actors{sel()}", "{{role}} live"),
             (f"raylign_desired_actors{sel()}", "{{role}} desired")]),
+        ("CPU per role", "short", "CPU cores busy per role (processes' CPU seconds / s)", [
+            (f"sum by (role) (rate(raylign_actor_cpu_seconds_total{sel()}{R}))", "{{role}}")]),
         ("Actor restarts (1 h)", "short", "", [
             (f"sum by (role) (increase(raylign_actor_restarts_total{sel()}[1h]))", "{{role}}")]),
         ("Driver memory", "bytes", "", [

@@ -170,3 +170,16 @@ def test_names_units_and_labels():
     # series_names: only what a query can name (no bare counter/histogram family names).
     assert "raylign_elastic_resets" not in m.series_names()
     assert "raylign_elastic_resets" in names
+
+
+def test_actor_cpu_counts_what_each_process_used_across_restarts():
+    m = Metrics()
+    m.record_actor_cpu("rollout", "rollout-0", 1.0)
+    m.record_actor_cpu("rollout", "rollout-0", 3.0)  # +2
+    m.record_actor_cpu("rollout", "rollout-1", 0.5)  # +0.5, another worker
+    m.record_actor_cpu("rollout", "rollout-0", 0.25)  # restarted: its new process used 0.25
+    m.record_actor_cpu("learner", "learner", 4.0)
+    value = m.registry.get_sample_value
+    assert value("raylign_actor_cpu_seconds_total", {"role": "rollout"}) == 3.75
+    assert value("raylign_actor_cpu_seconds_total", {"role": "learner"}) == 4.0
+    assert value("raylign_actor_cpu_seconds_total", {"role": "reward"}) == 0.0

@@ -41,6 +41,7 @@ def test_train_end_to_end(ray_session, micro_world, tmp_path):
         for key in ("reward/proxy", "reward/gold", "loss/policy", "kl/init_k1"):
             assert r[key] == r[key], key  # finite, not NaN
         assert r["rollout/staleness_max"] <= cfg.rollout.max_staleness
+        assert r["cpu/learner_process_s"] > 0
     for name in ("rewards.png", "rollout.png", "report.md", "summary.json"):
         assert (cfg.path / name).is_file(), name
     assert latest_valid(cfg.path) is not None
