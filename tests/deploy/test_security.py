@@ -433,21 +433,12 @@ def _ignored(patterns: list[str], path: str) -> bool:
     return verdict
 
 
-@pytest.mark.parametrize("kind", DOCKERFILES)
-def test_build_context_has_the_constraints(kind):
-    """The root .dockerignore drops docker/; each Dockerfile's own ignore file (BuildKit reads
-    it instead) repeats the root's patterns and lets docker/constraints.txt back in."""
-    def patterns(path: Path) -> list[str]:
-        return [p.strip() for p in path.read_text().splitlines()
-                if p.strip() and not p.startswith("#")]
-
-    root = patterns(ROOT / ".dockerignore")
-    own = DOCKERFILES[kind].with_name(DOCKERFILES[kind].name + ".dockerignore")
-    if not _ignored(root, "docker/constraints.txt"):
-        return  # the root file lets it in: no own ignore file needed
-    assert patterns(own) == root + ["!docker/constraints.txt"]
-    assert not _ignored(patterns(own), "docker/constraints.txt")
-    assert _ignored(patterns(own), "docker/Dockerfile") and _ignored(patterns(own), ".venv")
+def test_build_context_has_the_constraints():
+    """The root .dockerignore drops docker/ but lets docker/constraints.txt back in."""
+    root = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
+            if p.strip() and not p.startswith("#")]
+    assert not _ignored(root, "docker/constraints.txt")
+    assert _ignored(root, "docker/Dockerfile") and _ignored(root, ".venv")
 
 
 # -- docs ------------------------------------------------------------------------------------
@@ -457,8 +448,7 @@ def test_security_section_names_what_it_describes():
     section = doc[doc.index("## Security"):]
     section = section[:section.find("\n## ", 1)] if "\n## " in section[1:] else section
     for path in ("deploy/kuberay/auth-secret.yaml", "deploy/kuberay/networkpolicy.yaml",
-                 "docker/constraints.txt", "docker/Dockerfile.dockerignore",
-                 "docker/Dockerfile.gpu.dockerignore", "deploy/ray/cluster.yaml"):
+                 "docker/constraints.txt", "deploy/ray/cluster.yaml"):
         assert path in section and (ROOT / path).is_file(), path
     for port in ("8265", "6379", "10001", "8080", "9464"):
         assert f"| {port} |" in section, port
