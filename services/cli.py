@@ -41,8 +41,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS")
     if address:
         overrides.append(f"cluster.address={address}")
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"  # a cluster: real node addresses
     cfg = load_config(args.config, overrides)  # fails here, before Ray starts
+    if cfg.cluster.address:
+        _reach_cluster(cfg.cluster.address)  # NoCluster now, not ray.init retrying for ever
     from services.bootstrap import train
 
     summary = train(cfg, resume=args.resume, allow_config_change=args.allow_config_change)
@@ -102,22 +103,55 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _connect(args: argparse.Namespace):
-    """Join the cluster (a reachability check first: `ray.init` would retry an unreachable
-    address for minutes) and find the run's controller actor."""
-    import socket
+def _reach_cluster(address: str) -> None:
+    """Before a driver joins the cluster at `address` (host:port, ray://host:port, or 'auto':
+    RAY_ADDRESS, else the last `ray start` here): keep a loopback cluster on loopback, then a
+    TCP connect to the GCS address Ray will dial, within 5 s, or NoCluster (`ray.init` would
+    retry an unreachable address for ever). Call it before `import ray`.
 
+    Ray (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1, its Linux default) rewrites a 127.0.0.1 or
+    localhost GCS address to the host's external IP, where a head started with
+    --node-ip-address=127.0.0.1 does not listen: a job's driver (RAY_ADDRESS=127.0.0.1:PORT)
+    then retried that address for ever. So 0 for a loopback address; 1 for any other (a real
+    cluster: the driver's node IP is its node's, not 127.0.0.1). Plain 'auto' keeps the
+    environment's value (`services/__init__.py`: 0 without RAY_ADDRESS)."""
+    import ipaddress
+
+    target = os.environ.get("RAY_ADDRESS") if address == "auto" else address
+    if target:
+        host = target.removeprefix("ray://").rpartition(":")[0].strip("[]")
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:  # a host name
+            loopback = False
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0" if loopback else "1"
+    gcs = target or address
+    if not gcs.startswith("ray://"):
+        from ray._private.services import canonicalize_bootstrap_address  # imports ray
+
+        try:  # what ray.init dials: 'auto' resolved, localhost as the env var above says
+            gcs = canonicalize_bootstrap_address(gcs) or gcs
+        except (ConnectionError, ValueError) as e:
+            raise NoCluster(f"no Ray cluster at {address}: {e}") from None
+    host, _, port = gcs.removeprefix("ray://").rpartition(":")
+    try:
+        import socket
+
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except (OSError, ValueError) as e:
+        at = address if gcs == address else f"{address} ({gcs})"
+        raise NoCluster(f"no Ray cluster at {at}: {e}") from None
+
+
+def _connect(args: argparse.Namespace):
+    """Join the cluster (a reachability check first, `_reach_cluster`) and find the run's
+    controller actor."""
+    address = args.address or os.environ.get("RAY_ADDRESS") or "auto"
+    _reach_cluster(address)
     import ray
 
     from services.control import find_controller
 
-    address = args.address or os.environ.get("RAY_ADDRESS") or "auto"
-    if address != "auto":
-        host, _, port = address.removeprefix("ray://").rpartition(":")
-        try:
-            socket.create_connection((host, int(port)), timeout=5).close()
-        except (OSError, ValueError) as e:
-            raise NoCluster(f"no Ray cluster at {address}: {e}") from None
     try:
         ray.init(address=address, namespace=args.namespace, log_to_driver=False)
     except ConnectionError as e:
