@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-NAMES = ("overopt", "ensembles", "elastic", "soup", "together")
+NAMES = ("overopt", "ensembles", "elastic", "soup", "together", "offpolicy")
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "results"
 
 

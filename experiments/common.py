@@ -368,3 +368,18 @@ def finite(obj):
     if isinstance(obj, list | tuple):
         return [finite(v) for v in obj]
     return obj
+
+
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262, 10: 2.228}  # Student t, 97.5% quantile, by degrees of freedom
+
+
+def paired_t_ci(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """95% t-interval of mean(a_i - b_i) over pairs (seeds shared by two arms); NaN with
+    fewer than 2 pairs. Beyond 10 degrees of freedom the normal quantile 1.96."""
+    d = [x - y for x, y in zip(a, b, strict=True) if x == x and y == y]
+    if len(d) < 2:
+        return math.nan, math.nan
+    half = T975.get(len(d) - 1, 1.96) * statistics.stdev(d) / math.sqrt(len(d))
+    m = statistics.fmean(d)
+    return m - half, m + half

@@ -218,3 +218,13 @@ def test_aggregate_scores_per_prompt_and_sample():
     assert aggregate_scores(member, "uwo", uwo_lambda=0.5) == [[1.5, 3.5]]  # exact in binary
     # ddof 1: var 2
     assert aggregate_scores(member, "uwo", uwo_lambda=0.5, ddof=1) == [[1.0, 3.0]]
+
+
+def test_paired_t_ci_by_hand():
+    from experiments.common import paired_t_ci
+
+    # differences 1, 2, 3: mean 2, sd 1, se 1/sqrt(3), t(2) = 4.303
+    lo, hi = paired_t_ci([2.0, 4.0, 6.0], [1.0, 2.0, 3.0])
+    half = 4.303 / math.sqrt(3)
+    assert (lo, hi) == pytest.approx((2 - half, 2 + half))
+    assert all(math.isnan(x) for x in paired_t_ci([1.0], [0.0]))
