@@ -5,10 +5,11 @@
 One prompt's path, in the order of `Driver.run`'s phases:
   1. `_fill_rollouts`: the prompt id is issued (ledger: pending) in a batch to the least-loaded
      worker, if it can still be trained within the staleness bound (`admission.issue_room`);
-  2. `_on_generated`: its sample (by reference) goes to the reward pool, one call per batch;
-  3. `_on_scored`: the scored sample joins the train buffer (or is dropped: quarantined,
-     stale, a late duplicate of re-issued work);
-  4. `_start_step`: the n lowest fresh prompt ids make a `TrainBatch` for the learner;
+  2. `_on_generated`: its samples (a group of `rollout.sampling.n`) go by reference to the
+     reward pool, one call per batch;
+  3. `_on_scored`: the scored group joins the train buffer (or is dropped whole: quarantined,
+     stale, a late duplicate of re-issued work; too long prompts are dropped at step 1);
+  4. `_start_step`: the groups of the lowest fresh prompt ids make a `TrainBatch`;
   5. `_on_learner_step`: the ledger marks them trained, and the new weights ref reaches every
      worker (one `ray.put` by the learner, N readers).
 A worker that fails hands its prompts back (`reissue`); the ledger counts every id exactly once.
