@@ -37,7 +37,7 @@ def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None,
     import ray
 
     from experiments.common import Ctx, finite, world
-    from experiments.report import render
+    from experiments.report import _world_facts, render
 
     mod = module(name)
     out = Path(out) if out is not None else DEFAULT_OUT
@@ -51,8 +51,9 @@ def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None,
     finally:
         if ctx.ray_started:
             ray.shutdown()
-    result.update(experiment=name, quick=quick, seeds=seeds, world=world(ctx).root.name,
-                  commit=_commit(),
+    key = world(ctx).root.name
+    result.update(experiment=name, quick=quick, seeds=seeds, world=key,
+                  world_facts=_world_facts(key), commit=_commit(),
                   seconds=round(time.perf_counter() - t0, 1), run_seconds=ctx.timings,
                   finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     out.mkdir(parents=True, exist_ok=True)

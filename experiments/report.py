@@ -68,7 +68,7 @@ def render(out: Path, doc: Path) -> None:
                      f"world `{res.get('world', '?')}`, "
                      f"commit `{res.get('commit', '?')}`).\n")
         lines.append(res["section"])
-        facts = _world_facts(res.get("world"))
+        facts = res.get("world_facts") or _world_facts(res.get("world"))
         if facts:
             lines += ["", facts]
         for p in res.get("plots", []):
@@ -78,7 +78,9 @@ def render(out: Path, doc: Path) -> None:
 
 
 def _world_facts(key: str | None) -> str:
-    """A line on the world the runs used (from its build summary, if it is in the cache)."""
+    """A line on the world the runs used (from its build summary, if it is in the cache).
+    `run_experiment` records it in the result: a world rebuilt under the same key is not
+    bit-identical (its reward models train in parallel processes)."""
     from experiments.common import QUICK_WORLDS, REPO
 
     if not key:
