@@ -203,6 +203,12 @@ class Driver:
             stats, snap_ref, nbytes = ray.get(ref)
         except RayError as e:
             raise RunFailed(f"the learner failed: {e}; resume with --resume") from e
+        if stats.policy_version != self.weights.version + (0 if stats.skipped else 1):
+            # Ray restarted the learner between steps: it lost its state and began again
+            # from the initial weights. Training on would silently reset the run.
+            raise RunFailed(f"the learner was restarted and lost its state (its step made "
+                            f"version {stats.policy_version} after {self.weights.version}); "
+                            "resume with --resume")
         for pid, _ in admission.groups(batch.samples):
             if stats.skipped:
                 self._drop(pid, "skipped_step")
