@@ -92,10 +92,13 @@ def test_a_restarted_learner_stops_the_run_instead_of_resetting_it(ray_session, 
     assert "learner" in result["error"] and "resume with --resume" in result["error"]
     steps = [r["step"] for r in rows(cfg)]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) < 40  # never back to 1
+    # The newest checkpoint (the learner may die while saving the last step's) holds the
+    # version of its step: nothing from a reset learner was written.
     ckpt = latest_valid(cfg.path)
-    assert ckpt is not None and int(ckpt.name.split("-")[1]) == steps[-1]
+    step = int(ckpt.name.split("-")[1])
+    assert steps[-1] - 1 <= step <= steps[-1]
     meta = json.loads((ckpt / "learner" / "state.json").read_text())
-    assert meta["counters"]["version"] == steps[-1]
+    assert meta["counters"]["version"] == step
 
 
 def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
