@@ -22,7 +22,7 @@ class Sampling:
     """How rollout engines sample (the run config's `rollout.sampling`)."""
 
     max_new_tokens: int = Field(24, ge=1, description="most tokens sampled per completion")
-    temperature: float = Field(1.0, gt=0, allow_inf_nan=False,
+    temperature: float = Field(1.0, gt=0,
                                description="softmax temperature of the sampling distribution")
     top_k: int = Field(0, ge=0, description="sample among the k likeliest tokens (0 = off)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass (1 = off)")

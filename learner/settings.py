@@ -26,10 +26,10 @@ class KLSettings:
         "reward", description="reward = subtract beta * KL from each token's reward (Ziegler); "
         "loss = add beta * mean KL to the policy loss: with k2 its gradient is that of "
         "KL(pi || ref), with k3 that of KL(ref || pi); k1 is rejected (zero expected gradient)")
-    coef: float = Field(0.05, ge=0, allow_inf_nan=False,
+    coef: float = Field(0.05, ge=0,
                         description="beta (the initial beta if adaptive)")
     adaptive: bool = Field(False, description="Ziegler's proportional controller on beta")
-    target: float = Field(6.0, gt=0, allow_inf_nan=False,
+    target: float = Field(6.0, gt=0,
                           description="adaptive controller's target KL (summed k1 per sequence)")
     horizon: int = Field(10000, ge=1, description="adaptive controller's horizon in samples")
     reference: Literal["init", "ema", "soup"] = Field(
@@ -71,7 +71,7 @@ class LoraSettings:
     """peft LoRA on the policy and the critic trunk; only adapters (and the value head) train."""
 
     rank: int = Field(8, ge=1, description="LoRA rank r")
-    alpha: float = Field(16.0, gt=0, allow_inf_nan=False,
+    alpha: float = Field(16.0, gt=0,
                          description="LoRA alpha (scaling = alpha / r)")
     target_modules: list[str] | None = Field(
         None, description="module names to adapt (None = peft's default for the architecture)")
@@ -86,19 +86,19 @@ class PPOSettings:
         "grpo (group-normalised returns), rloo (leave-one-out group baseline) and "
         "reinforce_pp (whitened returns-to-go) need no critic; grpo and rloo need "
         "rollout.sampling.n >= 2 completions per prompt")
-    lr: float = Field(1e-4, gt=0, allow_inf_nan=False, description="policy Adam learning rate")
-    value_lr: float | None = Field(None, gt=0, allow_inf_nan=False,
+    lr: float = Field(1e-4, gt=0, description="policy Adam learning rate")
+    value_lr: float | None = Field(None, gt=0,
                                    description="critic learning rate (None = lr)")
     ppo_epochs: int = Field(2, ge=1, description="passes over each batch")
     minibatch_size: int = Field(16, ge=1, description="samples per gradient step")
     gamma: float = Field(1.0, ge=0, le=1, description="discount (1: one episode per text)")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
-    clip_eps: float = Field(0.2, gt=0, allow_inf_nan=False, description="policy ratio clip")
-    value_clip: float | None = Field(0.2, gt=0, allow_inf_nan=False,
+    clip_eps: float = Field(0.2, gt=0, description="policy ratio clip")
+    value_clip: float | None = Field(0.2, gt=0,
                                      description="value clip around the old values (None = off)")
-    ent_coef: float = Field(0.0, ge=0, allow_inf_nan=False,
+    ent_coef: float = Field(0.0, ge=0,
                             description="entropy bonus weight (0 = off, as in most RLHF runs)")
-    max_grad_norm: float = Field(1.0, gt=0, allow_inf_nan=False,
+    max_grad_norm: float = Field(1.0, gt=0,
                                  description="clip each model's gradient norm to this")
     whiten_advantages: bool = Field(True, description="masked whitening over the batch")
     off_policy: Literal["none", "tis", "decoupled"] | None = Field(
@@ -108,7 +108,7 @@ class PPOSettings:
         "the old log-probs (no recompute forward); tis = loss * min(w, cap); decoupled = loss * "
         "w, tokens with w > cap dropped (AReaL). None = tis if rollout.max_staleness > 0 or "
         "the engine is vLLM, else none")
-    off_policy_cap: float = Field(2.0, ge=1, allow_inf_nan=False,
+    off_policy_cap: float = Field(2.0, ge=1,
                                   description="the cap C on the behaviour weight w")
     kl: KLSettings = Field(default_factory=KLSettings, description="KL to the reference")
     elastic_reset: ElasticResetSettings = Field(default_factory=ElasticResetSettings,

@@ -48,8 +48,8 @@ class Strict(BaseModel):
 class Placement:
     """Where each actor of a role runs: the Ray resources it asks for."""
 
-    num_cpus: float = Field(1.0, ge=0, allow_inf_nan=False, description="Ray CPUs per actor")
-    num_gpus: float = Field(0.0, ge=0, allow_inf_nan=False, description="Ray GPUs per actor")
+    num_cpus: float = Field(1.0, ge=0, description="Ray CPUs per actor")
+    num_gpus: float = Field(0.0, ge=0, description="Ray GPUs per actor")
     resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources per actor, e.g. {rollout: 1}"
     )
@@ -145,7 +145,7 @@ class RewardFunction:
     path: str = Field(description="a Python file (rewards.py, with name) or "
                       "'package.module:callable'")
     name: str | None = Field(None, description="the callable in the file at path")
-    weight: float = Field(1.0, allow_inf_nan=False,
+    weight: float = Field(1.0,
                           description="scales the member's scores before aggregation")
     gold: bool = Field(False, description="evaluation only: logged as reward/gold, never "
                        "trained on")
@@ -165,13 +165,13 @@ class RewardConfig(Resources):
         "mean", description="mean | min (worst case) | uwo (mean - lambda*var) | single (member 0)"
     )
     members: int | None = Field(None, ge=1, description="use the first K members (None = all)")
-    uwo_lambda: float = Field(0.1, ge=0, allow_inf_nan=False,
+    uwo_lambda: float = Field(0.1, ge=0,
                               description="lambda of uwo (mean - lambda * var): 0.1 for PPO, "
                               "0.5 for best-of-n (Coste et al.)")
     ddof: Literal[0, 1] = Field(1, description="variance ddof for uwo (1 = sample variance)")
     gold_eval: bool = Field(True, description="also score with the gold scorer (metrics only)")
     gold_in_reward: bool = Field(False, description="train on gold (oracle) instead of proxies")
-    score_clip: float | None = Field(None, gt=0, allow_inf_nan=False,
+    score_clip: float | None = Field(None, gt=0,
                                      description="clip the aggregate to +-this")
     batch_size: int = Field(16, ge=1, description="samples per reward-model call")
     model_dirs: list[str] | None = Field(
@@ -188,7 +188,7 @@ class LearnerConfig(Placement, PPOSettings):
     """The learner actor: one (data-parallel learners are not implemented), PPO settings."""
 
     steps: int = Field(20, ge=1, description="PPO iterations (learner versions) to run")
-    epochs: float | None = Field(None, gt=0, allow_inf_nan=False,
+    epochs: float | None = Field(None, gt=0,
                                  description="run this many passes over the training prompts "
                                  "instead (sets steps: ceil(epochs * prompts * n / "
                                  "samples_per_step))")

@@ -20,6 +20,20 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_WORLDS = REPO / ".cache/test-worlds"  # where the tests' worlds are built (and cached)
 
 
+def numbers(obj):
+    """Every number in a JSON-like tree (bools are not numbers here)."""
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, int | float):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from numbers(v)
+
+
 def in_ci() -> bool:
     """True under CI (`CI=true`, which `.ci/run` exports before `make test`)."""
     return os.environ.get("CI") == "true"

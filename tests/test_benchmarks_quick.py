@@ -9,20 +9,7 @@ import math
 import subprocess
 import sys
 
-from tests.conftest import REPO
-
-
-def _numbers(x):
-    if isinstance(x, bool):
-        return
-    if isinstance(x, (int, float)):
-        yield x
-    elif isinstance(x, dict):
-        for v in x.values():
-            yield from _numbers(v)
-    elif isinstance(x, list):
-        for v in x:
-            yield from _numbers(v)
+from tests.conftest import REPO, numbers
 
 
 def test_quick_benchmarks(micro_world, tmp_path):
@@ -36,7 +23,7 @@ def test_quick_benchmarks(micro_world, tmp_path):
     res = json.loads(path.read_text())
     assert not res["errors"]
     assert set(res["figures"]) == {"rollout", "broadcast", "learner", "overlap", "memory"}
-    assert all(math.isfinite(x) for x in _numbers(res["figures"]))
+    assert all(math.isfinite(x) for x in numbers(res["figures"]))
     assert res["figures"]["rollout"]["by_workers"]["1"]["ratio"]["n"] == 2
     cases = res["figures"]["broadcast"]["cases"]  # incl. the preallocated-store child session
     assert [c.get("preallocated", False) for c in cases] == [False, True, False]

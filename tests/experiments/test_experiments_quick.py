@@ -13,23 +13,11 @@ import math
 import pytest
 
 from services.cli import main
+from tests.conftest import numbers
 
 KEYS = {"experiment", "title", "claims", "section", "plots", "sizes", "data", "seeds",
         "quick", "seconds"}
 VERDICTS = {"held", "partly", "not reproduced", "no difference in this world"}
-
-
-def numbers(obj):
-    if isinstance(obj, bool):
-        return
-    if isinstance(obj, int | float):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from numbers(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from numbers(v)
 
 
 def run_quick(name, tmp_path, monkeypatch) -> dict:
