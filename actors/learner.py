@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from learner.settings import LoraSettings, PPOSettings
 from learner.soup import average_state_dicts
 from learner.trainer import PPOTrainer, RolloutBatch
 from learner.weights import snapshot_from_model
+from services import storage
 
 
 def _load_state(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -108,11 +110,27 @@ class LearnerActor:
             out[f"drift/ppl_{which}"] = float(torch.exp(-logp.sum() / n))
         return out
 
-    def save(self, directory: str) -> None:
-        self.trainer.save(Path(directory))
+    def save(self, dest: str) -> dict[str, str] | None:
+        """Write the state at `dest`: a local path (None returned), or a URI (written to a
+        local temp dir, uploaded; their {relative path: sha256} returned)."""
+        local = storage.local_path(dest)
+        if local is not None:
+            self.trainer.save(local)
+            return None
+        with tempfile.TemporaryDirectory(prefix="raylign-save-") as tmp:
+            self.trainer.save(Path(tmp))
+            return storage.upload(Path(tmp), dest)
 
-    def load(self, directory: str) -> int:
-        self.trainer.load(Path(directory))
+    def load(self, src: str, digests: dict[str, str] | None = None) -> int:
+        """Restore the state at `src` (a local path, or a URI: downloaded, checked against
+        `digests` if given); returns the restored version."""
+        local = storage.local_path(src)
+        if local is not None:
+            self.trainer.load(local)
+            return self.trainer.version
+        with tempfile.TemporaryDirectory(prefix="raylign-load-") as tmp:
+            storage.download(src, Path(tmp), digests)
+            self.trainer.load(Path(tmp))
         return self.trainer.version
 
     def info(self) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import stat
@@ -15,11 +14,11 @@ from types import SimpleNamespace
 import pytest
 
 from services.checkpoint import (
-    CHUNK,
     CheckpointError,
-    _digest,
     is_valid,
     latest_valid,
+    read_driver_state,
+    read_file,
     save_checkpoint,
 )
 from services.metrics import Metrics
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def writer(tag: str, size: int = 1000):
-    return lambda d: (d / "state.bin").write_bytes(tag.encode()[:1] * size)
+    return lambda d: (Path(d) / "state.bin").write_bytes(tag.encode()[:1] * size)
 
 
 def save(run: Path, step: int, tag: str, keep: int = 3) -> Path:
@@ -62,6 +61,22 @@ def test_save_then_latest_valid_private_and_clean(tmp_path):
         "step-000002", "step-000003"]
 
 
+def test_extra_files_and_the_driver_state_are_read_back(tmp_path):
+    ckpt = save_checkpoint(str(tmp_path), 1, {"tag": "a"}, writer("a"), 3,
+                           {"metrics.jsonl": b'{"step": 1}\n', "logs/x.txt": b"x"})
+    assert ckpt == tmp_path / "checkpoints" / "step-000001" and is_valid(ckpt)
+    assert read_driver_state(ckpt) == {"tag": "a"} and read_file(ckpt, "logs/x.txt") == b"x"
+    assert read_file(ckpt, "metrics.jsonl") == b'{"step": 1}\n'
+    assert read_file(ckpt, "nope") is None
+    assert json.loads(read_file(ckpt, "manifest.json")).keys() == {
+        "driver.json", "learner/state.bin", "logs/x.txt", "metrics.jsonl"}
+    (ckpt / "stray").write_bytes(b"")  # a file the manifest does not list
+    assert not is_valid(ckpt)
+    for bad in ("driver.json", "learner/x", "../x", "/abs", "manifest.json"):
+        with pytest.raises(ValueError, match="may not be named"):
+            save_checkpoint(tmp_path, 2, {}, writer("b"), 3, {bad: b""})
+
+
 def test_a_corrupted_file_falls_back_and_rewriting_the_step_replaces_it(tmp_path):
     save(tmp_path, 1, "a")
     bad = save(tmp_path, 2, "b")
@@ -89,7 +104,8 @@ def killing(fn):
     return call
 for name in ("replace", "fsync", "unlink", "rmdir"):
     setattr(os, name, killing(getattr(os, name)))
-save_checkpoint(run, 2, {"tag": "new"}, lambda d: (d / "state.bin").write_bytes(b"n" * 1000), 3)
+save_checkpoint(run, 2, {"tag": "new"},
+                lambda d: (Path(d) / "state.bin").write_bytes(b"n" * 1000), 3)
 print(calls[0])
 """
 
@@ -137,15 +153,15 @@ from pathlib import Path
 import numpy as np
 from services.checkpoint import CheckpointError, save_checkpoint
 run, how = Path(sys.argv[1]), sys.argv[2]
-save_checkpoint(run, 1, {"tag": "a"}, lambda d: (d / "state.bin").write_bytes(b"a"), 3)
+save_checkpoint(run, 1, {"tag": "a"}, lambda d: (Path(d) / "state.bin").write_bytes(b"a"), 3)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
 def learner(d):
     if how == "bytes":
-        (d / "state.bin").write_bytes(b"b" * (1 << 20))
+        (Path(d) / "state.bin").write_bytes(b"b" * (1 << 20))
     else:  # the learner's real writer: safetensors raises its own error, not an OSError
         from safetensors.numpy import save_file
-        save_file({"w": np.zeros(1 << 18, dtype=np.float32)}, str(d / "state.safetensors"))
+        save_file({"w": np.zeros(1 << 18, dtype=np.float32)}, str(Path(d) / "state.safetensors"))
 try:
     save_checkpoint(run, 2, {"tag": "b"}, learner, 3)
 except CheckpointError as e:
@@ -178,11 +194,3 @@ def test_a_failed_periodic_checkpoint_is_counted_and_the_run_carries_on(capsys):
     Driver._maybe_checkpoint(driver)
     assert driver.metrics.registry.get_sample_value("raylign_checkpoint_failures_total") == 1
     assert "checkpoint of step 4 not written" in capsys.readouterr().out
-
-
-def test_the_streaming_digest_is_sha256_of_the_bytes(tmp_path):
-    data = os.urandom(3 * CHUNK + 123)
-    (tmp_path / "f").write_bytes(data)
-    (tmp_path / "empty").write_bytes(b"")
-    assert _digest(tmp_path / "f") == hashlib.sha256(data).hexdigest()
-    assert _digest(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
