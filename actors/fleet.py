@@ -4,7 +4,8 @@ New members are started (and handed the current weights by `on_start`) before th
 members scaled away stop receiving work and are killed once their in-flight calls finished,
 so nothing is lost. Restarts by Ray (`max_restarts`) keep the handle; the driver probes each
 member's process id about once a second and counts a restart when it changes (so a restart of
-an idle actor, which no call ever sees fail, is counted too).
+an idle actor, which no call ever sees fail, is counted too). A member that hung or keeps
+failing is `replace`d: killed, and a new actor under a new name takes its place.
 """
 
 from __future__ import annotations
@@ -86,14 +87,24 @@ class ActorGroup:
     def active(self) -> list[Member]:
         return [m for m in self.members.values() if not m.draining]
 
+    def _start(self) -> Member:
+        name = f"{self.role}-{next(self._ids)}"
+        member = Member(name, self._make(name))
+        self.members[name] = member
+        if self._on_start is not None:
+            self._on_start(member)
+        return member
+
+    def replace(self, member: Member) -> Member:
+        """Kill `member` (its calls in flight fail) and start a new actor in its place."""
+        ray.kill(member.handle, no_restart=True)
+        del self.members[member.name]
+        return self._start()
+
     def scale_to(self, n: int) -> None:
         active = self.active()
         for _ in range(n - len(active)):
-            name = f"{self.role}-{next(self._ids)}"
-            member = Member(name, self._make(name))
-            self.members[name] = member
-            if self._on_start is not None:
-                self._on_start(member)
+            self._start()
         for member in sorted(active, key=lambda m: m.name)[n:] if n < len(active) else []:
             member.draining = True  # `reap` kills it once its in-flight calls are done
 

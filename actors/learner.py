@@ -134,4 +134,5 @@ class LearnerActor:
         return self.trainer.version
 
     def info(self) -> dict:
-        return {"version": self.trainer.version, "pid": os.getpid(), "puts": self.puts}
+        return {"version": self.trainer.version, "pid": os.getpid(), "puts": self.puts,
+                "cpu_s": cpu_seconds()}

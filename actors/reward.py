@@ -14,8 +14,9 @@ non-finite member score or aggregate is quarantined: returned apart, never train
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,7 @@ class _Job:
     labels: dict[int, str | None] | None
     members: list[Member]
     member_refs: list[ray.ObjectRef]
+    started: float = field(default_factory=time.monotonic)
 
 
 class RewardPool:
@@ -187,6 +189,27 @@ class RewardPool:
         return ScoredBatch(job.key, [s for s in scored if s.is_finite],
                            [s for s in scored if not s.is_finite])
 
+    def overdue(self, started_before: float) -> list[Member]:
+        """Members with a score call started before `started_before` (monotonic) unfinished."""
+        late = []
+        for job in self.jobs.values():
+            if job.started < started_before:
+                done, _ = ray.wait(job.member_refs, num_returns=len(job.member_refs), timeout=0)
+                late += [m for m, r in zip(job.members, job.member_refs)
+                         if r not in done and m not in late]
+        return late
+
+    def replace(self, member: Member) -> Member:
+        """Kill `member` and start a new replica; its batches are queued to be scored again."""
+        for ref, job in list(self.jobs.items()):
+            if member in job.members:
+                del self.jobs[ref]
+                for m in job.members:
+                    m.inflight -= 1
+                self.queued.append((job.key, job.samples_ref, job.labels))
+        group = next(g for g in self.groups if member.name in g.members)
+        return group.replace(member)
+
     def in_flight(self) -> list[Any]:
         """Keys of the batches queued or being scored."""
         return [k for k, _, _ in self.queued] + [j.key for j in self.jobs.values()]
@@ -201,6 +224,13 @@ class RewardPool:
 
     def reap(self) -> list[str]:
         return [name for g in self.groups for name in g.reap()]
+
+    def members(self) -> list[Member]:
+        return [m for g in self.groups for m in g.members.values()]
+
+    def replicas(self) -> int:
+        """Active replicas per member (the fewest, while a scale-up is under way)."""
+        return min(len(g.active()) for g in self.groups)
 
     def live(self) -> int:
         return sum(len(g.active()) for g in self.groups)

@@ -52,12 +52,13 @@ def remote(cls, res: Placement, name: str, namespace: str):
 
 @dataclass
 class Fleet:
-    """The run's actors, made from the config and the task: the learner and the controller
-    now, rollout workers and reward members through the groups that scale them."""
+    """How the run's actors are made, from the config and the task: the controller now; the
+    learner, rollout workers and reward members through the groups that start (and replace)
+    them."""
 
     cfg: RunConfig
     task: Task
-    learner: ray.actor.ActorHandle
+    learner_kwargs: dict
     controller: ray.actor.ActorHandle
     eval_texts: list[list[int]]  # held-out texts as "<s> text </s>" token ids (drift)
 
@@ -69,12 +70,19 @@ class Fleet:
         eval_texts = [(tokenizer(t)["input_ids"] + [tokenizer.eos_token_id])
                       [: tokenizer.model_max_length]
                       for t in task.heldout_texts[: cfg.learner.eval_texts]]
-        learner = remote(LearnerActor, cfg.learner, f"{cfg.name}:learner",
-                         cfg.cluster.namespace).remote(**learner_args(cfg, task, tokenizer))
         controller = start_controller(
             {"rollout": cfg.rollout.replicas, "reward": cfg.reward.replicas},
             cfg.cluster.namespace)
-        return cls(cfg, task, learner, controller, eval_texts)
+        return cls(cfg, task, learner_args(cfg, task, tokenizer), controller, eval_texts)
+
+    def learners(self) -> ActorGroup:
+        """The learner: one actor (`learner-0`; a replacement is `learner-1`, ...)."""
+        cfg = self.cfg
+        group = ActorGroup("learner", lambda name: remote(
+            LearnerActor, cfg.learner, f"{cfg.name}:{name}", cfg.cluster.namespace).remote(
+                **self.learner_kwargs))
+        group.scale_to(1)
+        return group
 
     def rollout(self, on_start: Callable[[Member], None]) -> ActorGroup:
         cfg = self.cfg
@@ -149,7 +157,7 @@ class signals_to:
 
 
 RESUME_MAY_CHANGE = ("learner.steps", "learner.epochs", "rollout.replicas", "reward.replicas",
-                     "cluster.", "metrics.", "checkpoint.")
+                     "cluster.", "metrics.", "checkpoint.", "deadlines.")
 
 
 def check_resumable(cfg: RunConfig, allow_config_change: bool = False) -> None:

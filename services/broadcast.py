@@ -14,8 +14,8 @@ from services.metrics import Metrics
 
 
 class Broadcast:
-    def __init__(self, keep: int, metrics: Metrics) -> None:
-        self.keep, self.metrics = keep, metrics
+    def __init__(self, keep: int, metrics: Metrics, deadline_s: float) -> None:
+        self.keep, self.metrics, self.deadline_s = keep, metrics, deadline_s
         self.snapshots: list[tuple[int, ray.ObjectRef]] = []  # (version, ref), newest last
         self.base: tuple[int, ray.ObjectRef] | None = None  # LoRA: the frozen base weights
 
@@ -25,18 +25,22 @@ class Broadcast:
         return self.snapshots[-1][0]
 
     def publish(self, workers: list[Member], version: int, snap_ref: ray.ObjectRef,
-                nbytes: int) -> None:
-        """Hand the one ref to every worker and wait for their acks (not fire-and-forget)."""
+                nbytes: int) -> list[Member]:
+        """Hand the one ref to every worker and wait for their acks (not fire-and-forget);
+        returns the workers that did not ack within the deadline. A version not above the
+        newest (the learner restored from a checkpoint) replaces the newer ones."""
         t0 = time.perf_counter()
-        self.snapshots = [*self.snapshots, (version, snap_ref)][-self.keep:]
+        older = [s for s in self.snapshots if s[0] < version]
+        self.snapshots = [*older, (version, snap_ref)][-self.keep:]
         acks = [m.handle.set_weights.remote(version, snap_ref) for m in workers]
-        done, _ = ray.wait(acks, num_returns=len(acks), timeout=60)
+        done, _ = ray.wait(acks, num_returns=len(acks), timeout=self.deadline_s)
         self.metrics.record_broadcast(time.perf_counter() - t0, nbytes, version)
         for member, ack in zip(workers, acks):
             if ack in done:
                 with contextlib.suppress(RayError):  # a dead worker is handled by its next call
                     self.metrics.set_policy_version(member.name, ray.get(ack))
         self.metrics.set_policy_version("learner", version)
+        return [m for m, ack in zip(workers, acks) if ack not in done]
 
     def send_to(self, worker: Member) -> None:
         """A new or restarted worker: (under LoRA the base weights, then) the current version.

@@ -264,12 +264,14 @@ class DriverState:
     steps: int = 0  # learner versions published
     cursor: int = 0  # next prompt id
     ledger: Ledger = field(default_factory=Ledger)
-    restarts: dict[str, int] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)  # by Ray, per role
+    replacements: dict[str, int] = field(default_factory=dict)  # new actors, per role
 
     def to_json(self) -> dict:
         return {"steps": self.steps, "cursor": self.cursor, "ledger": self.ledger.to_json(),
-                "restarts": self.restarts}
+                "restarts": self.restarts, "replacements": self.replacements}
 
     @classmethod
     def from_json(cls, d: dict) -> DriverState:
-        return cls(d["steps"], d["cursor"], Ledger.from_json(d["ledger"]), d["restarts"])
+        return cls(d["steps"], d["cursor"], Ledger.from_json(d["ledger"]), d["restarts"],
+                   d.get("replacements", {}))

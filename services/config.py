@@ -54,6 +54,10 @@ class Placement:
         default_factory=dict, description="custom Ray resources per actor, e.g. {rollout: 1}"
     )
     max_restarts: int = Field(3, ge=-1, description="Ray max_restarts (-1 = forever)")
+    max_replacements: int = Field(
+        3, ge=0, description="new actors started in place of ones that failed "
+        "checkpoint.max_actor_failures times in a row or hung past a deadline (0 = the run "
+        "stops instead)")
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -247,8 +251,19 @@ class CheckpointConfig(Strict):
     keep: int = Field(2, ge=1, description="newest checkpoints kept on disk")
     max_actor_failures: int = Field(
         8, ge=1, description="consecutive failures of one actor (with backoff 0.5 s doubling "
-        "to 10 s, ~45 s in all) before the run stops"
+        "to 10 s, ~45 s in all) before it is replaced (<role>.max_replacements)"
     )
+
+
+class DeadlinesConfig(Strict):
+    """How long a remote call may take before its actor is killed and replaced."""
+
+    generate_s: float = Field(600.0, gt=0, description="a rollout worker's generate call")
+    score_s: float = Field(600.0, gt=0, description="a reward member's score call")
+    step_s: float = Field(1800.0, gt=0, description="a learner step, save, load or evaluate")
+    publish_s: float = Field(120.0, gt=0, description="a worker's acknowledgement of new "
+                             "weights")
+    probe_s: float = Field(60.0, gt=0, description="an idle actor's answer to a health probe")
 
 
 class ClusterConfig(Strict):
@@ -278,6 +293,8 @@ class RunConfig(Strict):
                                    description="the Prometheus exporter")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig,
                                          description="checkpoints and fault limits")
+    deadlines: DeadlinesConfig = Field(default_factory=DeadlinesConfig,
+                                       description="deadlines of remote calls")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig,
                                    description="embedded Ray or a cluster")
 

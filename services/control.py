@@ -1,5 +1,6 @@
 """The named controller actor: desired replicas per role, a stop request, and the driver's
-last status.
+last status. It survives its own restart: Ray restarts it, calls are retried, and the
+driver, seeing a new pid in `poll`, hands it back the desired counts it knew.
 
 `raylign scale --rollout N`, `raylign status` and `raylign stop` find it by name in the run's
 namespace and talk to it; the driver polls it about once a second, reconciles the fleet against
@@ -7,6 +8,8 @@ the desired counts and, once a stop is requested, checkpoints and stops as on SI
 """
 
 from __future__ import annotations
+
+import os
 
 import ray
 
@@ -34,9 +37,14 @@ class Controller:
         """Ask the driver to checkpoint and stop (resumable with `raylign train --resume`)."""
         self.stop = True
 
-    def poll(self) -> tuple[dict[str, int], bool]:
-        """What the driver reads each turn: the desired counts, and whether to stop."""
-        return dict(self.desired), self.stop
+    def poll(self) -> tuple[dict[str, int], bool, int]:
+        """What the driver reads each turn: the desired counts, whether to stop, and this
+        process's pid (a new one = restarted, its state lost)."""
+        return dict(self.desired), self.stop, os.getpid()
+
+    def restore(self, desired: dict[str, int], stop: bool) -> None:
+        """After a restart: the state the driver last read."""
+        self.desired, self.stop = dict(desired), self.stop or stop
 
     def report(self, status: dict) -> None:
         self.last_status = status
@@ -47,7 +55,7 @@ class Controller:
 
 def start_controller(desired: dict[str, int], namespace: str):
     """Create the controller (named, in the run's namespace); fail if one already runs."""
-    actor = ray.remote(num_cpus=0)(Controller)
+    actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Controller)
     return actor.options(name=CONTROLLER_NAME, namespace=namespace).remote(desired)
 
 

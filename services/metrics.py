@@ -231,6 +231,10 @@ class Metrics:
             "raylign_desired_actors", "Actors the controller wants, per role", ("role",))
         self.restarts = counter("raylign_actor_restarts_total", "Actor restarts, per role",
                                 ("role",))
+        self.replacements = counter(
+            "raylign_actor_replacements_total",
+            "Actors killed and replaced by new ones, per role and reason (timeout: a call "
+            "past its deadline; failures: too many failed calls in a row)", ("role", "reason"))
         self.actor_cpu = counter("raylign_actor_cpu_seconds_total",
                                  "CPU seconds used by the actors of a role (their processes)",
                                  ("role",))
@@ -379,6 +383,9 @@ class Metrics:
 
     def record_restart(self, role: str) -> None:
         self.restarts.labels(self._role(role)).inc()
+
+    def record_replacement(self, role: str, reason: str) -> None:
+        self.replacements.labels(self._role(role), reason).inc()
 
     def record_actor_cpu(self, role: str, actor: str, cpu_s: float) -> None:
         """An actor's process CPU time so far: the role's counter grows by what it used since

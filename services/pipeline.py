@@ -13,13 +13,18 @@ One prompt's path, in the order of `Driver.run`'s phases:
   5. `_on_learner_step`: the ledger marks them trained, and the new weights ref reaches every
      worker (one `ray.put` by the learner, N readers).
 A worker that fails hands its prompts back (`reissue`); the ledger counts every id exactly once.
+
+Faults: an actor whose call outlives its deadline (`deadlines.*`), or that failed
+`checkpoint.max_actor_failures` times in a row, is replaced by a new one (`_replace`); a learner
+that lost its state is restored from the newest valid checkpoint and the driver rewinds to it
+(`_recover_learner`): what was trained after it is issued and trained again.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
@@ -42,13 +47,19 @@ from services.reporter import Reporter
 class Gen:  # a generate call in flight
     worker: Member
     prompts: list[Prompt]
+    started: float = field(default_factory=time.monotonic)
 
 
 class Driver:
     def __init__(self, fleet: Fleet, run_dir: Path, metrics: Metrics) -> None:
         self.cfg, self.task, self.run_dir, self.metrics = fleet.cfg, fleet.task, run_dir, metrics
-        self.learner, self.controller = fleet.learner, fleet.controller
-        self.weights = Broadcast(self.cfg.broadcast.keep_versions, metrics)
+        self.deadlines = self.cfg.deadlines
+        self.controller = fleet.controller
+        self.desired: dict[str, int] = {}  # the controller's counts, as last read
+        self.controller_pid: int | None = None
+        self.learners: ActorGroup = fleet.learners()
+        self.weights = Broadcast(self.cfg.broadcast.keep_versions, metrics,
+                                 self.deadlines.publish_s)
         self.rollout: ActorGroup = fleet.rollout(on_start=self.weights.send_to)
         self.rewards = fleet.rewards(on_failure=lambda m, e: self.health.failed(m, "reward", e))
         self.eval_texts = fleet.eval_texts
@@ -57,23 +68,28 @@ class Driver:
         self.gens: dict[ray.ObjectRef, Gen] = {}
         self.buffer: list[ScoredSample] = []  # scored, waiting for a learner step
         self.step: tuple[ray.ObjectRef, TrainBatch] | None = None  # the learner step running
+        self.step_started = 0.0
         self.health = Health(
-            lambda: [(self.rollout, "rollout")] + [(g, "reward") for g in self.rewards.groups],
-            metrics, self.cfg.checkpoint.max_actor_failures, self._give_up)
+            lambda: ([(self.learners, "learner"), (self.rollout, "rollout")]
+                     + [(g, "reward") for g in self.rewards.groups]),
+            metrics, self.cfg.checkpoint.max_actor_failures, self._replace, self._on_restart)
         self.health.restarts = self.state.restarts
         self.stop_requested = False
         self.t_start = time.perf_counter()
         metrics.set_max_staleness(self.cfg.rollout.max_staleness)
+
+    @property
+    def learner(self) -> ray.actor.ActorHandle:
+        return self.learners.active()[0].handle
 
     # -- the loop -------------------------------------------------------------------------
 
     def run(self, resume: bool = False) -> dict:
         if resume:
             self._restore()
-        self.weights.base = ray.get(self.learner.publish_base.remote())  # LoRA only, else None
+        self.weights.base = self._get(self.learner.publish_base.remote())  # LoRA, else None
         self._reconcile()  # start the fleet (workers get the base, if any)
-        self.weights.publish(self.rollout.active(),  # the version the run starts at
-                             *ray.get(self.learner.publish.remote()))
+        self._publish(*self._get(self.learner.publish.remote()))  # the version it starts at
         self.report = Reporter(self.metrics, self.run_dir, self.cfg.learner.steps,
                                self.state.steps)
         with signals_to(self):
@@ -88,6 +104,7 @@ class Driver:
                     ready = self._wait()
                 for ref in ready:  # 3. route whatever finished
                     self._route(ref)
+                self._enforce_deadlines()  # replace actors whose calls hang
                 self._start_step()  # 4. train when a full batch is buffered
                 self._report_status()  # 5. gauges + controller status
             summary = self._finish()
@@ -101,8 +118,8 @@ class Driver:
             self._on_scored(ref)
         elif ref in self.health.probes:
             self.health.on_probe(ref)
-        elif self.step is not None and ref == self.step[0]:
-            self._on_learner_step()
+        elif (self.step is not None and ref == self.step[0]
+              and self._on_learner_step() is not None):  # None: the learner was restored
             self._maybe_checkpoint()
 
     # -- one prompt's path ----------------------------------------------------------------
@@ -195,20 +212,25 @@ class Driver:
             train = TrainBatch(batch, learner_version=self.weights.version)
             self.metrics.observe_staleness(train.staleness)
             self.step = (self.learner.step.remote(batch), train)
+            self.step_started = time.monotonic()
+            self.learners.active()[0].inflight = 1  # a probe queued behind it is not idle
 
-    def _on_learner_step(self) -> StepStats:
+    def _on_learner_step(self) -> StepStats | None:
         """Close the step's prompts in the ledger, publish its weights, log its figures."""
         (ref, batch), self.step = self.step, None
+        self.learners.active()[0].inflight = 0
         try:
             stats, snap_ref, nbytes = ray.get(ref)
         except RayError as e:
-            raise RunFailed(f"the learner failed: {e}; resume with --resume") from e
+            self._recover_learner(f"failed mid-step ({type(e).__name__})", count_restart=True)
+            return None
         if stats.policy_version != self.weights.version + (0 if stats.skipped else 1):
-            # Ray restarted the learner between steps: it lost its state and began again
-            # from the initial weights. Training on would silently reset the run.
-            raise RunFailed(f"the learner was restarted and lost its state (its step made "
-                            f"version {stats.policy_version} after {self.weights.version}); "
-                            "resume with --resume")
+            # Ray restarted the learner between steps: it began again from the initial
+            # weights. Training on would silently reset the run.
+            self._recover_learner(f"was restarted (its step made version "
+                                  f"{stats.policy_version} after {self.weights.version})",
+                                  count_restart=True)
+            return None
         for pid, _ in admission.groups(batch.samples):
             if stats.skipped:
                 self._drop(pid, "skipped_step")
@@ -218,20 +240,30 @@ class Driver:
         if not stats.skipped:
             self.metrics.record_trained(len(batch))
             with self.report.phase("broadcast"):
-                self.weights.publish(self.rollout.active(), stats.policy_version, snap_ref,
-                                     nbytes)
+                self._publish(stats.policy_version, snap_ref, nbytes)
             self.state.steps = stats.step
             every = self.cfg.learner.eval_every
             if every and stats.step % every == 0:
                 with self.report.phase("evaluate"):
-                    extra.update(ray.get(self.learner.evaluate.remote(self.eval_texts)))
+                    extra.update(self._get(self.learner.evaluate.remote(self.eval_texts)))
         self.report.step(stats, batch, extra)
         return stats
 
     # -- the fleet: scaling, health, faults -----------------------------------------------
 
     def _reconcile(self) -> None:
-        desired, stop = ray.get(self.controller.poll.remote())
+        try:
+            desired, stop, pid = ray.get(self.controller.poll.remote(),
+                                         timeout=self.deadlines.probe_s)
+        except RayError as e:  # restarting (Ray retries its calls): keep the fleet as it is
+            tqdm.write(f"the controller did not answer ({type(e).__name__}); retrying")
+            desired, stop, pid = self.desired or {"rollout": len(self.rollout.active()),
+                                                  "reward": self.rewards.replicas()}, False, None
+        if pid is not None and self.controller_pid not in (None, pid) and self.desired:
+            tqdm.write("the controller was restarted: handing it the desired counts")
+            self.controller.restore.remote(self.desired, self.stop_requested)
+            desired = self.desired
+        self.desired, self.controller_pid = desired, pid or self.controller_pid
         if stop and not self.stop_requested:
             tqdm.write("stop requested (raylign stop): checkpointing, then stopping")
             self.stop_requested = True
@@ -245,10 +277,88 @@ class Driver:
         self.metrics.set_desired_actors("rollout", desired["rollout"])
         self.metrics.set_desired_actors("reward", desired["reward"] * len(self.rewards.groups))
 
-    def _give_up(self, member: Member, error: Exception) -> None:
-        self._drain_learner()
-        self._checkpoint()
-        raise RunFailed(f"{member.name} failed {member.failures} times in a row: {error}")
+    def _replace(self, member: Member, role: str, reason: str) -> None:
+        """Kill `member` and start a new actor in its place (its work is issued again); the
+        learner's replacement is restored from the newest checkpoint. Past the role's
+        max_replacements the run stops."""
+        replaced = self.state.replacements
+        limit = getattr(self.cfg, role).max_replacements
+        if replaced.get(role, 0) >= limit:
+            what = ("hung past its deadline" if reason == "timeout"
+                    else f"failed {member.failures} times in a row")
+            saved = self._final_checkpoint() if role != "learner" else latest_valid(self.run_dir)
+            raise RunFailed(f"{member.name} {what}, and {role} actors were replaced {limit} "
+                            f"times already ({role}.max_replacements); the newest checkpoint "
+                            f"is {saved}")
+        replaced[role] = replaced.get(role, 0) + 1
+        self.metrics.record_replacement(role, reason)
+        self.health.forget(member)
+        tqdm.write(f"{member.name}: {reason}; replacing it")
+        if role == "rollout":
+            for ref, gen in [(r, g) for r, g in self.gens.items() if g.worker is member]:
+                del self.gens[ref]
+                self.reissue = sorted([p for p, _ in gen.prompts] + self.reissue)
+            self.rollout.replace(member)
+        elif role == "reward":
+            self.rewards.replace(member)
+        else:
+            self.learners.replace(member)
+            self._recover_learner(f"was replaced ({reason})")
+
+    def _on_restart(self, member: Member, role: str) -> None:
+        if role == "learner":  # a fresh process: the initial weights, version 0
+            self._recover_learner("was restarted by Ray")
+
+    def _recover_learner(self, why: str, count_restart: bool = False) -> None:
+        """The learner lost its state: load the newest valid checkpoint into it and rewind
+        the driver to that step; work issued after it is dropped and issued again."""
+        if count_restart:
+            self.state.restarts["learner"] = self.state.restarts.get("learner", 0) + 1
+            self.metrics.record_restart("learner")
+        ckpt = latest_valid(self.run_dir)
+        if ckpt is None:
+            raise RunFailed(f"the learner {why}, and there is no checkpoint to restore it "
+                            "from (checkpoint.every: 0?); start the run again")
+        tqdm.write(f"the learner {why}: restoring {ckpt.name}")
+        try:
+            self._load_checkpoint(ckpt)
+        except RayError:  # dead for good (its max_restarts spent), or hung: a new actor
+            self._replace(self.learners.active()[0], "learner", "failures")
+            return
+        self.step, self.buffer = None, []
+        self.gens.clear()
+        self.rewards.clear()
+        for member in [*self.rollout.members.values(), *self.rewards.members()]:
+            member.inflight = 0  # their calls finish unheard; new ones queue behind them
+        learner = self.learners.active()[0]
+        self.health.forget(learner)  # its pid now is the one that holds the checkpoint
+        learner.inflight, learner.probing = 0, False
+        learner.pid = self._get(self.learner.info.remote())["pid"]
+        self.report.rewind(self.state.steps)
+        self._publish(*self._get(self.learner.publish.remote()))
+
+    def _enforce_deadlines(self) -> None:
+        """Replace every actor with a call past its deadline (`deadlines.*`)."""
+        now, d = time.monotonic(), self.deadlines
+        late = [r for r, g in self.gens.items() if now - g.started > d.generate_s]
+        unfinished = set(ray.wait(late, num_returns=len(late), timeout=0)[1]) if late else ()
+        for member in {g.worker.name: g.worker for r, g in self.gens.items()
+                       if r in unfinished}.values():
+            self._replace(member, "rollout", "timeout")
+        for member in self.rewards.overdue(now - d.score_s):
+            self._replace(member, "reward", "timeout")
+        for member, role in self.health.overdue(now - d.probe_s):
+            self._replace(member, role, "timeout")
+        if self.step is not None and now - self.step_started > d.step_s:
+            self._replace(self.learners.active()[0], "learner", "timeout")
+
+    def _publish(self, version: int, snap_ref: ray.ObjectRef, nbytes: int) -> None:
+        for late in self.weights.publish(self.rollout.active(), version, snap_ref, nbytes):
+            self._replace(late, "rollout", "timeout")  # the new worker gets this version
+
+    def _get(self, ref: ray.ObjectRef):
+        """A learner call's result, within the learner's deadline (deadlines.step_s)."""
+        return ray.get(ref, timeout=self.deadlines.step_s)
 
     def _drop(self, prompt_id: int, reason: str) -> None:
         self.state.ledger.dropped(prompt_id, reason)
@@ -293,27 +403,56 @@ class Driver:
         """Save at a step boundary; prompts in flight are saved as pending and re-issued."""
         return save_checkpoint(
             self.run_dir, self.state.steps, self.state.to_json(),
-            lambda d: ray.get(self.learner.save.remote(str(d))), self.cfg.checkpoint.keep)
+            lambda d: self._get(self.learner.save.remote(str(d))), self.cfg.checkpoint.keep)
 
     def _restore(self) -> None:
         ckpt = latest_valid(self.run_dir)
         if ckpt is None:
             raise RunFailed(f"--resume: no valid checkpoint under {self.run_dir / 'checkpoints'}")
-        self.state = DriverState.from_json(json.loads((ckpt / "driver.json").read_text()))
-        self.health.restarts = self.state.restarts
-        ray.get(self.learner.load.remote(str(ckpt / "learner")))
-        self.state.ledger.check(allow_pending=True)
-        self.reissue = self.state.ledger.pending()
+        self.state.restarts.clear()  # counted again from the checkpoint's
+        self._load_checkpoint(ckpt)
         tqdm.write(f"resumed from {ckpt} at step {self.state.steps}")
 
-    def _drain_learner(self) -> None:
-        """Finish the learner step in flight, so a checkpoint sees a step boundary."""
-        if self.step is not None and ray.wait([self.step[0]], timeout=600)[0]:
-            self._on_learner_step()
+    def _load_checkpoint(self, ckpt: Path) -> None:
+        """The learner and the driver's state as of `ckpt`; its pending prompts are issued
+        again. Restart and replacement counts carry on from the run's."""
+        self._get(self.learner.load.remote(str(ckpt / "learner")))
+        saved = DriverState.from_json(json.loads((ckpt / "driver.json").read_text()))
+        for mine, theirs in ((self.state.restarts, saved.restarts),
+                             (self.state.replacements, saved.replacements)):
+            for role, n in theirs.items():
+                mine[role] = max(mine.get(role, 0), n)
+        saved.restarts, saved.replacements = self.state.restarts, self.state.replacements
+        self.state = saved
+        self.state.ledger.check(allow_pending=True)
+        self.reissue = self.state.ledger.pending()
+
+    def _drain_learner(self) -> bool:
+        """Finish the learner step in flight (within its deadline), so a checkpoint sees a
+        step boundary; False if it hangs."""
+        if self.step is None:
+            return True
+        left = self.deadlines.step_s - (time.monotonic() - self.step_started)
+        if not ray.wait([self.step[0]], timeout=max(0.0, left))[0]:
+            return False
+        self._on_learner_step()
+        return True
+
+    def _final_checkpoint(self) -> Path | None:
+        """A checkpoint at the step boundary now, if the learner answers within its deadline;
+        else (or if it cannot be written) the newest valid one stays the run's last."""
+        try:
+            if self._drain_learner():
+                return self._checkpoint()
+            tqdm.write("the learner step in flight is past its deadline: no new checkpoint")
+        except CheckpointError as e:
+            self.metrics.record_checkpoint_failure()
+            tqdm.write(str(e))
+        return latest_valid(self.run_dir)
 
     def _finish(self) -> dict:
         interrupted = self.stop_requested
-        self._drain_learner()
+        learner_ok = self._drain_learner()
         # Let calls in flight finish (briefly), so actors are killed idle and the last
         # probes are counted. (No ray.cancel: in Ray 2.60, cancelling an actor task whose
         # argument is being inlined can crash the driver, ray-project/ray#56123.)
@@ -322,12 +461,13 @@ class Driver:
         for ref in done:
             if ref in self.health.probes:
                 self.health.on_probe(ref)
-        if interrupted:  # what is in flight stays pending in the checkpoint: re-issued
+        if interrupted or not learner_ok:  # in flight stays pending in the checkpoint
+            interrupted = True
             self.gens.clear()
             self.rewards.clear()
             self.buffer.clear()
             self.reissue.clear()
-            ckpt = self._checkpoint()
+            ckpt = self._final_checkpoint()
             counts = self.state.ledger.check(allow_pending=True)
         else:
             for pid in self.state.ledger.pending():
@@ -336,6 +476,7 @@ class Driver:
             ckpt = self._checkpoint()
         summary = {"steps": self.state.steps, "interrupted": interrupted,
                    "checkpoint": str(ckpt), "ledger": counts, "restarts": self.state.restarts,
+                   "replaced": self.state.replacements,
                    "seconds": time.perf_counter() - self.t_start}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary
@@ -343,6 +484,6 @@ class Driver:
     def shutdown(self) -> None:
         self.rollout.shutdown()
         self.rewards.shutdown()
-        for actor in (self.learner, self.controller):
-            ray.kill(actor, no_restart=True)
+        self.learners.shutdown()
+        ray.kill(self.controller, no_restart=True)
 

@@ -36,10 +36,30 @@ def batch_figures(batch: TrainBatch) -> dict[str, float]:
     return out
 
 
+def keep_rows_upto(path: Path, step: int) -> None:
+    """Drop the rows of metrics.jsonl past `step` (logged after the checkpoint a run resumes
+    from: they are logged again), and a torn last line; atomically."""
+    if not path.is_file():
+        return
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut by a kill
+            continue
+        if row["step"] <= step:
+            rows.append(line + "\n")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(rows))
+    tmp.replace(path)
+
+
 class Reporter:
     def __init__(self, metrics: Metrics, run_dir: Path, steps: int, start_step: int) -> None:
         self.metrics = metrics
-        self.log = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed by close()
+        self.path = run_dir / "metrics.jsonl"
+        keep_rows_upto(self.path, start_step)
+        self.log = open(self.path, "a")  # noqa: SIM115 - closed by close()
         self.bar = tqdm(total=steps, initial=start_step, desc="train", unit="step")
         self.phase_s: dict[str, float] = defaultdict(float)  # since the last step's row
         self.truncated = 0  # prompts cut to fit the context, since the last step's row
@@ -68,8 +88,6 @@ class Reporter:
         k = len(batch.samples[0].member_scores)
         self.metrics.record_rewards([v[f"reward/member{i}"] for i in range(k)], v["reward/proxy"],
                                     v.get("reward/gold"), v["reward/disagreement"])
-        if "cpu/learner_process_s" in v:
-            self.metrics.record_actor_cpu("learner", "learner", v["cpu/learner_process_s"])
         self.metrics.record_step(stats.step, v, v.get("time/learner_step_s", 0.0),
                                  stats.reset, stats.skipped)
         record = {"step": stats.step, "version": stats.policy_version, "reset": stats.reset,
@@ -81,6 +99,14 @@ class Reporter:
                              gold=f"{v.get('reward/gold', math.nan):.3f}",
                              kl=f"{v.get('kl/init_k1', math.nan):.3f}",
                              sps=f"{v['rollout/samples_per_s']:.1f}")
+
+    def rewind(self, step: int) -> None:
+        """The run went back to the checkpoint of `step`: its later rows go."""
+        self.log.close()
+        keep_rows_upto(self.path, step)
+        self.log = open(self.path, "a")  # noqa: SIM115 - closed by close()
+        self.bar.reset(total=self.bar.total)
+        self.bar.update(step)
 
     def close(self) -> None:
         self.bar.close()
