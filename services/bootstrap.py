@@ -20,6 +20,7 @@ from actors.learner import LearnerActor
 from actors.reward import RewardMember, RewardPool, RewardSpec
 from actors.rollout import RolloutWorker
 from actors.scoring import pad_token_id
+from services import storage
 from services.config import ConfigError, Placement, RunConfig
 from services.control import start_controller
 from services.errors import RunFailed
@@ -157,23 +158,25 @@ class signals_to:
 
 
 RESUME_MAY_CHANGE = ("learner.steps", "learner.epochs", "rollout.replicas", "reward.replicas",
-                     "cluster.", "metrics.", "checkpoint.", "deadlines.")
+                     "cluster.", "metrics.", "checkpoint.", "deadlines.", "run_dir")
 
 
 def check_resumable(cfg: RunConfig, allow_config_change: bool = False) -> None:
-    """--resume needs a valid checkpoint and the config the run was started with (but for the
-    fields in RESUME_MAY_CHANGE), unless allow_config_change."""
-    from services.checkpoint import latest_valid
+    """--resume needs a valid checkpoint and the config the run was started with (the one
+    saved with the checkpoint; but for the fields in RESUME_MAY_CHANGE), unless
+    allow_config_change."""
+    from services.checkpoint import latest_valid, read_file
 
-    if latest_valid(cfg.path) is None:
-        raise ConfigError(f"--resume: no valid checkpoint under {cfg.path / 'checkpoints'}")
-    saved, now = (_flat(json.loads((cfg.path / "config.json").read_text())),
-                  _flat(cfg.model_dump(mode="json")))
+    ckpt = latest_valid(cfg.storage)
+    if ckpt is None:
+        raise ConfigError(f"--resume: no valid checkpoint under {cfg.storage}/checkpoints")
+    blob = read_file(ckpt, "config.json") or (cfg.path / "config.json").read_bytes()
+    saved, now = _flat(json.loads(blob)), _flat(cfg.model_dump(mode="json"))
     changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k)
                      and not k.startswith(RESUME_MAY_CHANGE))
     if changed and not allow_config_change:
-        raise ConfigError(f"--resume: the config differs from the run's {cfg.path / 'config.json'}"
-                          f" in {', '.join(changed)} (--allow-config-change resumes anyway)")
+        raise ConfigError(f"--resume: the config differs from the run's (saved with {ckpt}) in "
+                          f"{', '.join(changed)} (--allow-config-change resumes anyway)")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -252,4 +255,10 @@ def train(cfg: RunConfig, *, resume: bool = False, allow_config_change: bool = F
         from services.export import export_run
 
         summary["export"] = str(export_run(run_dir, merge_lora=cfg.policy.lora is not None))
+    remote_storage = storage.local_path(cfg.storage) is None
+    if remote_storage:  # a URI: the run's outputs go there too
+        summary["outputs"] = str(storage.join(cfg.storage, "outputs"))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    if remote_storage:
+        storage.upload(run_dir, summary["outputs"])
     return summary

@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.dataclasses import dataclass
@@ -247,6 +248,25 @@ class MetricsConfig(Strict):
 
 
 class CheckpointConfig(Strict):
+    storage: str | None = Field(
+        None, description="where checkpoints go (STORAGE/<name>/checkpoints/), a storage no "
+        "node owns: an absolute path every node mounts, or a URI (s3://bucket/prefix, "
+        "gs://..., file:///...); None = RUN_DIR/checkpoints")
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        scheme = v.split("://", 1)[0] if "://" in v else None
+        if scheme is None and not Path(v).is_absolute():
+            raise ValueError(f"checkpoint.storage: '{v}' is a relative path; the learner "
+                             "writes from its own node: give an absolute path or a URI")
+        if scheme not in (None, "file", "s3", "gs", "gcs", "hdfs", "abfs", "abfss"):
+            raise ValueError(f"checkpoint.storage: unknown scheme '{scheme}://' (local path, "
+                             "file://, s3://, gs://, hdfs://, abfs://)")
+        return v
+
     every: int = Field(10, ge=0, description="learner steps between checkpoints (0 = end only)")
     keep: int = Field(2, ge=1, description="newest checkpoints kept on disk")
     max_actor_failures: int = Field(
@@ -356,6 +376,15 @@ class RunConfig(Strict):
     @property
     def path(self) -> Path:
         return Path(self.run_dir) / self.name
+
+    @property
+    def storage(self) -> Path | str:
+        """Where the run's checkpoints go (under `checkpoints/`): checkpoint.storage/<name>,
+        else RUN_DIR."""
+        from services.storage import join
+
+        return self.path if self.checkpoint.storage is None else join(
+            self.checkpoint.storage, self.name)
 
 
 # ---------------------------------------------------------------------------------------------

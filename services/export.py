@@ -22,6 +22,7 @@ import copy
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -54,22 +55,21 @@ def _run_config(run_dir: Path):
         raise ExportError(f"{path}: not a valid run config: {' '.join(first[:3])}") from None
 
 
-def _checkpoint(run_dir: Path, step: int | None) -> Path:
-    from services.checkpoint import is_valid, latest_valid
+def _checkpoint(where: Path | str, step: int | None) -> Path | str:
+    """The newest valid checkpoint under `where` (RUN_DIR or checkpoint.storage/<name>), or
+    the valid one of `step`."""
+    from services.checkpoint import checkpoints, latest_valid, step_of
+    from services.storage import name
 
-    if step is None:
-        ckpt = latest_valid(run_dir)
-        if ckpt is None:
-            raise ExportError(f"no valid checkpoint under {run_dir / 'checkpoints'}")
+    ckpt = latest_valid(where, step)
+    if ckpt is not None:
         return ckpt
-    ckpt = run_dir / "checkpoints" / f"step-{step:06d}"
-    if not ckpt.is_dir():
-        have = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))
-        raise ExportError(f"no checkpoint {ckpt} (there are: {', '.join(have) or 'none'})")
-    if not is_valid(ckpt):
-        raise ExportError(f"checkpoint {ckpt} does not match its manifest (incomplete or "
-                          "corrupt)")
-    return ckpt
+    if step is None:
+        raise ExportError(f"no valid checkpoint under {where}/checkpoints")
+    have = sorted(name(c) for c in checkpoints(where))
+    what = "" if step in map(step_of, checkpoints(where)) else "no "
+    raise ExportError(f"{what}checkpoint step-{step:06d} {'is not valid ' if not what else ''}"
+                      f"under {where}/checkpoints (there are: {', '.join(have) or 'none'})")
 
 
 def load_trainer(cfg, task, learner_dir: Path | None = None):
@@ -103,15 +103,23 @@ def export_run(run_dir: str | Path, step: int | None = None, merge_lora: bool = 
     Raises ExportError for a missing run dir, config or checkpoint."""
     from transformers import AutoTokenizer
 
+    from services import storage
+    from services.checkpoint import learner_source, step_of
     from services.tasks import load_task
 
     run_dir = Path(run_dir)
     cfg = _run_config(run_dir)
-    ckpt = _checkpoint(run_dir, step)
-    step_n = int(ckpt.name.removeprefix("step-"))
-    _say(f"run {run_dir} ({cfg.name}), checkpoint {ckpt.name}")
+    ckpt = _checkpoint(run_dir if cfg.checkpoint.storage is None else cfg.storage, step)
+    step_n, ckpt_name = step_of(ckpt), f"step-{step_of(ckpt):06d}"
+    _say(f"run {run_dir} ({cfg.name}), checkpoint {storage.name(ckpt)}")
     task = load_task(cfg)
-    trainer = load_trainer(cfg, task, ckpt / "learner")
+    src, digests = learner_source(ckpt)
+    with tempfile.TemporaryDirectory(prefix="raylign-export-") as tmp:
+        learner_dir = storage.local_path(src)
+        if learner_dir is None:  # on object storage: fetched and checked first
+            learner_dir = Path(tmp)
+            storage.download(src, learner_dir, digests)
+        trainer = load_trainer(cfg, task, learner_dir)
     lora = cfg.policy.lora is not None
     _say(f"learner state loaded: version {trainer.version} "
          f"({'LoRA rank ' + str(cfg.policy.lora.rank) if lora else 'full fine-tuning'})")
@@ -125,8 +133,8 @@ def export_run(run_dir: str | Path, step: int | None = None, merge_lora: bool = 
                   "pad_token_id": pad_token_id(tokenizer)}
 
     root = run_dir / "export"
-    final = root / ckpt.name
-    tmp = root / f".tmp-{ckpt.name}-{os.getpid()}"
+    final = root / ckpt_name
+    tmp = root / f".tmp-{ckpt_name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -154,7 +162,8 @@ def export_run(run_dir: str | Path, step: int | None = None, merge_lora: bool = 
                 written.append("merged")
                 _say("wrote merged/ (the adapter merged into the base)")
         meta = {"step": step_n, "version": trainer.version, "source_run": str(run_dir.resolve()),
-                "checkpoint": str(ckpt.resolve()), "config": cfg.name,
+                "checkpoint": str(ckpt.resolve() if isinstance(ckpt, Path) else ckpt),
+                "config": cfg.name,
                 "config_digest": cfg.digest(), "kind": "lora" if lora else "full",
                 "dirs": written, "base_model": None if not lora else base_path}
         (tmp / "export.json").write_text(json.dumps(meta, indent=1))

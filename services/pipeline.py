@@ -36,7 +36,15 @@ from actors.records import Prompt, ScoredSample, StepStats, TrainBatch
 from services import admission
 from services.bootstrap import Fleet, signals_to
 from services.broadcast import Broadcast
-from services.checkpoint import CheckpointError, DriverState, latest_valid, save_checkpoint
+from services.checkpoint import (
+    CheckpointError,
+    DriverState,
+    latest_valid,
+    learner_source,
+    read_driver_state,
+    read_file,
+    save_checkpoint,
+)
 from services.errors import RunFailed
 from services.health import Health
 from services.metrics import Metrics
@@ -53,6 +61,7 @@ class Gen:  # a generate call in flight
 class Driver:
     def __init__(self, fleet: Fleet, run_dir: Path, metrics: Metrics) -> None:
         self.cfg, self.task, self.run_dir, self.metrics = fleet.cfg, fleet.task, run_dir, metrics
+        self.storage = self.cfg.storage  # where checkpoints go (RUN_DIR, or a URI)
         self.deadlines = self.cfg.deadlines
         self.controller = fleet.controller
         self.desired: dict[str, int] = {}  # the controller's counts, as last read
@@ -286,7 +295,7 @@ class Driver:
         if replaced.get(role, 0) >= limit:
             what = ("hung past its deadline" if reason == "timeout"
                     else f"failed {member.failures} times in a row")
-            saved = self._final_checkpoint() if role != "learner" else latest_valid(self.run_dir)
+            saved = self._final_checkpoint() if role != "learner" else latest_valid(self.storage)
             raise RunFailed(f"{member.name} {what}, and {role} actors were replaced {limit} "
                             f"times already ({role}.max_replacements); the newest checkpoint "
                             f"is {saved}")
@@ -315,11 +324,11 @@ class Driver:
         if count_restart:
             self.state.restarts["learner"] = self.state.restarts.get("learner", 0) + 1
             self.metrics.record_restart("learner")
-        ckpt = latest_valid(self.run_dir)
+        ckpt = latest_valid(self.storage)
         if ckpt is None:
             raise RunFailed(f"the learner {why}, and there is no checkpoint to restore it "
                             "from (checkpoint.every: 0?); start the run again")
-        tqdm.write(f"the learner {why}: restoring {ckpt.name}")
+        tqdm.write(f"the learner {why}: restoring {ckpt}")
         try:
             self._load_checkpoint(ckpt)
         except RayError:  # dead for good (its max_restarts spent), or hung: a new actor
@@ -399,25 +408,33 @@ class Driver:
                 self.metrics.record_checkpoint_failure()
                 tqdm.write(f"{e}; carrying on")
 
-    def _checkpoint(self) -> Path:
-        """Save at a step boundary; prompts in flight are saved as pending and re-issued."""
+    def _checkpoint(self) -> Path | str:
+        """Save at a step boundary; prompts in flight are saved as pending and re-issued.
+        The learner writes its own files; the run's config and metrics rows go along."""
+        log = self.run_dir / "metrics.jsonl"
+        extra = {"config.json": (self.run_dir / "config.json").read_bytes(),
+                 "metrics.jsonl": log.read_bytes() if log.is_file() else b""}
         return save_checkpoint(
-            self.run_dir, self.state.steps, self.state.to_json(),
-            lambda d: self._get(self.learner.save.remote(str(d))), self.cfg.checkpoint.keep)
+            self.storage, self.state.steps, self.state.to_json(),
+            lambda d: self._get(self.learner.save.remote(str(d))), self.cfg.checkpoint.keep,
+            extra)
 
     def _restore(self) -> None:
-        ckpt = latest_valid(self.run_dir)
+        ckpt = latest_valid(self.storage)
         if ckpt is None:
-            raise RunFailed(f"--resume: no valid checkpoint under {self.run_dir / 'checkpoints'}")
+            raise RunFailed(f"--resume: no valid checkpoint under {self.storage}/checkpoints")
         self.state.restarts.clear()  # counted again from the checkpoint's
         self._load_checkpoint(ckpt)
+        log = self.run_dir / "metrics.jsonl"
+        if not log.is_file():  # a fresh node: the rows come with the checkpoint
+            log.write_bytes(read_file(ckpt, "metrics.jsonl") or b"")
         tqdm.write(f"resumed from {ckpt} at step {self.state.steps}")
 
-    def _load_checkpoint(self, ckpt: Path) -> None:
+    def _load_checkpoint(self, ckpt: Path | str) -> None:
         """The learner and the driver's state as of `ckpt`; its pending prompts are issued
         again. Restart and replacement counts carry on from the run's."""
-        self._get(self.learner.load.remote(str(ckpt / "learner")))
-        saved = DriverState.from_json(json.loads((ckpt / "driver.json").read_text()))
+        self._get(self.learner.load.remote(*learner_source(ckpt)))
+        saved = DriverState.from_json(read_driver_state(ckpt))
         for mine, theirs in ((self.state.restarts, saved.restarts),
                              (self.state.replacements, saved.replacements)):
             for role, n in theirs.items():
@@ -448,7 +465,7 @@ class Driver:
         except CheckpointError as e:
             self.metrics.record_checkpoint_failure()
             tqdm.write(str(e))
-        return latest_valid(self.run_dir)
+        return latest_valid(self.storage)
 
     def _finish(self) -> dict:
         interrupted = self.stop_requested

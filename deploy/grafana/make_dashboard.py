@@ -116,8 +116,10 @@ ROWS = [
             (f"raylign_desired_actors{sel()}", "{{role}} desired")]),
         ("CPU per role", "short", "CPU cores busy per role (processes' CPU seconds / s)", [
             (f"sum by (role) (rate(raylign_actor_cpu_seconds_total{sel()}{R}))", "{{role}}")]),
-        ("Actor restarts (1 h)", "short", "", [
-            (f"sum by (role) (increase(raylign_actor_restarts_total{sel()}[1h]))", "{{role}}")]),
+        ("Actor restarts and replacements (1 h)", "short", "", [
+            (f"sum by (role) (increase(raylign_actor_restarts_total{sel()}[1h]))", "{{role}}"),
+            (f"sum by (role, reason) (increase(raylign_actor_replacements_total{sel()}[1h]))",
+             "{{role}} replaced ({{reason}})")]),
         ("Driver memory", "bytes", "", [
             (f"raylign_process_resident_memory_bytes{sel()}", "RSS")]),
     ]),

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -93,7 +94,7 @@ def test_resume_needs_a_checkpoint_and_the_same_config(micro_world, tmp_path):
         check_resumable(cfg)
     cfg.path.mkdir(parents=True)
     (cfg.path / "config.json").write_text(cfg.model_dump_json())
-    save_checkpoint(cfg.path, 1, {}, lambda d: (d / "state.json").write_text("{}"), keep=2)
+    save_checkpoint(cfg.path, 1, {}, lambda d: (Path(d) / "state.json").write_text("{}"), keep=2)
     check_resumable(load_config(MICRO, [f"task.cache_dir={TEST_WORLDS}", f"run_dir={tmp_path}",
                                         "learner.steps=8", "rollout.replicas=2"]))
     changed = load_config(MICRO, [f"task.cache_dir={TEST_WORLDS}", f"run_dir={tmp_path}",

@@ -219,3 +219,50 @@ def test_learner_actor_saves_to_and_loads_from_s3(micro_world, s3):
     storage.write_bytes(storage.join(src, "state.json"), b"{}")
     with pytest.raises(storage.ChecksumError, match="state.json"):
         again.load(src, digests)
+
+
+def test_a_run_checkpoints_to_s3_and_resumes_in_a_fresh_run_dir(micro_world, s3, tmp_path):
+    """`raylign train` with checkpoint.storage on S3, stopped (SIGTERM) after step 2, resumed
+    from another run dir (a new node: nothing local), finishes with every row once and its
+    outputs uploaded; no checkpoint is ever written to a local disk."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.services.test_pipeline import TEST_WORLDS, micro, rows
+    from tests.services.test_reliability import REPO, _wait_for_steps
+
+    overrides = ["learner.steps=5", "checkpoint.every=1", f"checkpoint.storage={s3}",
+                 f"task.cache_dir={TEST_WORLDS}"]
+
+    def raylign_train(run_dir: Path, *extra: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "train", *extra, "--config",
+             "deploy/configs/micro.yaml", f"run_dir={run_dir}", *overrides],
+            cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+
+    first = micro(tmp_path / "a", *overrides)
+    proc = raylign_train(tmp_path / "a")
+    try:
+        _wait_for_steps(first, 2)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out[-3000:]
+    ckpt = latest_valid(first.storage)
+    assert isinstance(ckpt, str) and ckpt.startswith(f"{s3}/micro/checkpoints/step-")
+    done = step_of(ckpt)
+
+    second = micro(tmp_path / "b", *overrides)  # the same run, from a node that has nothing
+    proc = raylign_train(tmp_path / "b", "--resume")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert f"resumed from {ckpt}" in out
+    assert [r["step"] for r in rows(second)] == list(range(1, 6))  # rows 1..done came along
+    summary = json.loads((second.path / "summary.json").read_text())
+    assert summary["steps"] == 5 and summary["ledger"]["trained"] == 5 * 16 and done < 5
+    outputs = storage.list_files(summary["outputs"])
+    assert {"summary.json", "metrics.jsonl", "config.json"} <= set(outputs)
+    assert not list(tmp_path.rglob("checkpoints"))  # nothing checkpointed on a local disk
