@@ -25,6 +25,12 @@ def cpu_seconds() -> float:
     return t.user + t.system
 
 
+def process_info() -> dict:
+    """What every actor's `info()` answers a health probe with: its process, CPU and node."""
+    return {"pid": os.getpid(), "cpu_s": cpu_seconds(),
+            "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None}
+
+
 def use_assigned_cpus() -> int | None:
     """Inside a Ray actor: torch threads = the CPUs Ray assigned it (at least 1). Ray may hand
     an actor a worker process it started for other work, whose thread count would otherwise
@@ -47,6 +53,7 @@ class Member:
     failures: int = 0  # consecutive failures; reset by a success
     retry_at: float = 0.0  # after a failure: no work before this time (Ray is restarting it)
     needs_weights: bool = False  # restarted: hand it the current weights before new work
+    ready: bool = False  # answered a probe since it started or last failed: it may get work
     pid: int | None = None  # the process last seen by a probe (a new pid = a restart)
     probing: bool = False  # a probe (`info()`) is in flight
     probed_at: float = 0.0
@@ -55,6 +62,7 @@ class Member:
         """Note a failed call; back off exponentially (0.5 s, 1 s, ... 10 s). True if it was
         the first failure in a row (a new fault, rather than the same restart under way)."""
         self.failures += 1
+        self.ready = False  # no work until a probe shows it back (e.g. placed on a node again)
         self.retry_at = time.monotonic() + min(10.0, 0.5 * 2 ** (self.failures - 1))
         self.needs_weights = True
         return self.failures == 1
@@ -116,10 +124,10 @@ class ActorGroup:
                 if not m.probing and m.retry_at <= now and now - m.probed_at >= every]
 
     def pick(self, cap: int) -> Member | None:
-        """The least-loaded active member with fewer than `cap` calls in flight (members
-        backing off after a failure are skipped)."""
+        """The least-loaded ready member with fewer than `cap` calls in flight (members
+        not yet placed, restarting or backing off after a failure are skipped)."""
         now = time.monotonic()
-        free = [m for m in self.active() if m.inflight < cap and m.retry_at <= now]
+        free = [m for m in self.active() if m.ready and m.inflight < cap and m.retry_at <= now]
         return min(free, key=lambda m: (m.inflight, m.name)) if free else None
 
     def reap(self) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import ray
 import torch
 
-from actors.fleet import cpu_seconds, use_assigned_cpus
+from actors.fleet import cpu_seconds, process_info, use_assigned_cpus
 from actors.records import Sample, ScoredSample, StepStats
 from learner.settings import LoraSettings, PPOSettings
 from learner.soup import average_state_dicts
@@ -134,5 +133,4 @@ class LearnerActor:
         return self.trainer.version
 
     def info(self) -> dict:
-        return {"version": self.trainer.version, "pid": os.getpid(), "puts": self.puts,
-                "cpu_s": cpu_seconds()}
+        return {"version": self.trainer.version, "puts": self.puts, **process_info()}

@@ -13,7 +13,6 @@ non-finite member score or aggregate is quarantined: returned apart, never train
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import ray
 import torch
 from ray.exceptions import RayError
 
-from actors.fleet import ActorGroup, Member, cpu_seconds, use_assigned_cpus
+from actors.fleet import ActorGroup, Member, process_info, use_assigned_cpus
 from actors.records import Sample, ScoredSample
 from actors.scoring import RewardScorer, load_callable
 from learner.ensemble import aggregate
@@ -74,8 +73,7 @@ class RewardMember:
         return [self.spec.weight * float(x) for x in scores]
 
     def info(self) -> dict:
-        return {"member": self.member, "pid": os.getpid(), "cpu_s": cpu_seconds(),
-                "scored": self.scored}
+        return {"member": self.member, "scored": self.scored, **process_info()}
 
 
 def combine_scores(
@@ -145,6 +143,7 @@ class RewardPool:
         self.combine = ray.remote(combine_scores).options(num_cpus=0)
         self.queued: list[tuple[Any, ray.ObjectRef, dict | None]] = []  # waiting for replicas
         self.jobs: dict[ray.ObjectRef, _Job] = {}  # combine ref -> its job
+        self.blocked_since: float | None = None  # batches wait: a member has no ready replica
 
     def submit(self, key: Any, samples_ref: ray.ObjectRef,
                labels: dict[int, str | None] | None = None) -> None:
@@ -158,7 +157,9 @@ class RewardPool:
         while self.queued:
             members = [g.pick(cap=10**9) for g in self.groups]
             if any(m is None for m in members):
+                self.blocked_since = self.blocked_since or time.monotonic()
                 return
+            self.blocked_since = None
             key, samples_ref, labels = self.queued.pop(0)
             member_refs = []
             for m in members:
@@ -188,6 +189,13 @@ class RewardPool:
             m.succeeded()
         return ScoredBatch(job.key, [s for s in scored if s.is_finite],
                            [s for s in scored if not s.is_finite])
+
+    def unplaced(self, blocked_before: float) -> list[int]:
+        """Members with no ready replica while batches have waited since before
+        `blocked_before` (monotonic): e.g. their node is gone and no other has room."""
+        if self.blocked_since is None or self.blocked_since >= blocked_before:
+            return []
+        return [k for k, g in enumerate(self.groups) if not any(m.ready for m in g.active())]
 
     def overdue(self, started_before: float) -> list[Member]:
         """Members with a score call started before `started_before` (monotonic) unfinished."""
@@ -233,7 +241,8 @@ class RewardPool:
         return min(len(g.active()) for g in self.groups)
 
     def live(self) -> int:
-        return sum(len(g.active()) for g in self.groups)
+        """Replicas that answered their last probe, over all members."""
+        return sum(m.ready for g in self.groups for m in g.active())
 
     def shutdown(self) -> None:
         for g in self.groups:

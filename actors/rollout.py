@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 from actors.engines import make_engine
-from actors.fleet import cpu_seconds, use_assigned_cpus
+from actors.fleet import process_info, use_assigned_cpus
 from actors.records import Prompt, Sample, Sampling
 from learner.weights import WeightSnapshot
 
@@ -59,7 +58,6 @@ class RolloutWorker:
             "worker_id": self.worker_id,
             "version": self.version,
             "engine": self.engine.name,
-            "pid": os.getpid(),
-            "cpu_s": cpu_seconds(),
             "load_seconds": self.load_seconds,
+            **process_info(),
         }

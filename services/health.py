@@ -23,7 +23,7 @@ class Probe:  # an info() call in flight
     member: Member
     role: str
     started: float
-    idle: bool  # sent to an actor with no other call in flight: nothing queued before it
+    idle: bool  # sent to a ready actor with no call in flight: nothing queued before it
 
 
 class Health:
@@ -40,11 +40,14 @@ class Health:
         for group, role in self.groups():
             for member in group.due_for_probe(PROBE_EVERY_S):
                 member.probing, member.probed_at = True, time.monotonic()
-                probe = Probe(member, role, member.probed_at, idle=member.inflight == 0)
+                probe = Probe(member, role, member.probed_at,
+                              idle=member.ready and member.inflight == 0)
                 self.probes[member.handle.info.remote()] = probe
 
     def overdue(self, started_before: float) -> list[tuple[Member, str]]:
-        """Members that did not answer a probe sent while they were idle (they hang)."""
+        """Members that did not answer a probe sent while they were idle (they hang). One
+        not placed yet (no node has its resources) or restarting has no deadline: it waits,
+        without work, until it answers."""
         return [(p.member, p.role) for p in self.probes.values()
                 if p.idle and p.started < started_before]
 
@@ -61,7 +64,7 @@ class Health:
         except RayError as e:  # dead or restarting: back off; the next probe will tell
             self.failed(member, role, e)
             return
-        pid = info["pid"]
+        pid, member.ready = info["pid"], True
         self.metrics.record_actor_cpu(role, member.name, info["cpu_s"])
         if member.probed(pid):
             self.restarts[role] = self.restarts.get(role, 0) + 1

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
-from ray.exceptions import RayError
+from ray.exceptions import GetTimeoutError, RayError
 from tqdm import tqdm
 
 from actors.fleet import ActorGroup, Member
@@ -281,7 +281,7 @@ class Driver:
         for name in self.rollout.reap() + self.rewards.reap():
             self.metrics.forget_worker(name)
             tqdm.write(f"retired {name}")
-        self.metrics.set_live_actors("rollout", len(self.rollout.active()))
+        self.metrics.set_live_actors("rollout", sum(m.ready for m in self.rollout.active()))
         self.metrics.set_live_actors("reward", self.rewards.live())
         self.metrics.set_desired_actors("rollout", desired["rollout"])
         self.metrics.set_desired_actors("reward", desired["reward"] * len(self.rewards.groups))
@@ -293,12 +293,11 @@ class Driver:
         replaced = self.state.replacements
         limit = getattr(self.cfg, role).max_replacements
         if replaced.get(role, 0) >= limit:
-            what = ("hung past its deadline" if reason == "timeout"
+            what = ("did not answer within its deadline (hung, or no node has its resources)"
+                    if reason == "timeout"
                     else f"failed {member.failures} times in a row")
-            saved = self._final_checkpoint() if role != "learner" else latest_valid(self.storage)
-            raise RunFailed(f"{member.name} {what}, and {role} actors were replaced {limit} "
-                            f"times already ({role}.max_replacements); the newest checkpoint "
-                            f"is {saved}")
+            self._stop(f"{member.name} {what}, and {role} actors were replaced {limit} times "
+                       f"already ({role}.max_replacements)", checkpoint=role != "learner")
         replaced[role] = replaced.get(role, 0) + 1
         self.metrics.record_replacement(role, reason)
         self.health.forget(member)
@@ -331,8 +330,9 @@ class Driver:
         tqdm.write(f"the learner {why}: restoring {ckpt}")
         try:
             self._load_checkpoint(ckpt)
-        except RayError:  # dead for good (its max_restarts spent), or hung: a new actor
-            self._replace(self.learners.active()[0], "learner", "failures")
+        except RayError as e:  # dead for good (max_restarts spent), hung or not placed
+            self._replace(self.learners.active()[0], "learner",
+                          "timeout" if isinstance(e, GetTimeoutError) else "failures")
             return
         self.step, self.buffer = None, []
         self.gens.clear()
@@ -360,6 +360,16 @@ class Driver:
             self._replace(member, role, "timeout")
         if self.step is not None and now - self.step_started > d.step_s:
             self._replace(self.learners.active()[0], "learner", "timeout")
+        for k in self.rewards.unplaced(now - d.score_s):
+            self._stop(f"reward member {k} has had no replica that answers for "
+                       f"{d.score_s:g} s (deadlines.score_s): its node is gone, or no node "
+                       "has its resources", checkpoint=True)
+
+    def _stop(self, why: str, checkpoint: bool) -> None:
+        """Give up: a checkpoint at the step boundary now (if the learner answers), then
+        RunFailed naming the newest valid checkpoint (`--resume` continues from it)."""
+        saved = self._final_checkpoint() if checkpoint else latest_valid(self.storage)
+        raise RunFailed(f"{why}; the newest checkpoint is {saved}")
 
     def _publish(self, version: int, snap_ref: ray.ObjectRef, nbytes: int) -> None:
         for late in self.weights.publish(self.rollout.active(), version, snap_ref, nbytes):
