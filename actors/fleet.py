@@ -116,6 +116,13 @@ class ActorGroup:
         for member in sorted(active, key=lambda m: m.name)[n:] if n < len(active) else []:
             member.draining = True  # `reap` kills it once its in-flight calls are done
 
+    def wait_ready(self, timeout: float = 600) -> None:
+        """Block until every active member answers `info()`, and mark it ready (the driver
+        learns this from its probes; a caller without them uses this)."""
+        ray.get([m.handle.info.remote() for m in self.active()], timeout=timeout)
+        for m in self.active():
+            m.ready = True
+
     def due_for_probe(self, every: float) -> list[Member]:
         """Active members to probe now: none in flight, not backing off, the last one `every`
         s ago (draining members are not probed: they are about to be killed)."""

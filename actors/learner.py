@@ -9,13 +9,13 @@ from pathlib import Path
 import ray
 import torch
 
+from actors import storage
 from actors.fleet import cpu_seconds, process_info, use_assigned_cpus
 from actors.records import Sample, ScoredSample, StepStats
 from learner.settings import LoraSettings, PPOSettings
 from learner.soup import average_state_dicts
 from learner.trainer import PPOTrainer, RolloutBatch
 from learner.weights import snapshot_from_model
-from services import storage
 
 
 def _load_state(model_dir: Path) -> dict[str, torch.Tensor]:

@@ -233,6 +233,10 @@ class RewardPool:
     def reap(self) -> list[str]:
         return [name for g in self.groups for name in g.reap()]
 
+    def wait_ready(self, timeout: float = 600) -> None:
+        for g in self.groups:
+            g.wait_ready(timeout)
+
     def members(self) -> list[Member]:
         return [m for g in self.groups for m in g.members.values()]
 

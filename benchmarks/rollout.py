@@ -104,6 +104,7 @@ def run(settings, cfg, world) -> dict:
         pool = RewardPool(k, lambda i, _name: _remote(RewardMember, rw).remote(
             i, specs[i], rw.batch_size), combine_kw, on_failure=_fail)
         pool.scale_to(1)
+        pool.wait_ready()
         model = AutoModelForCausalLM.from_pretrained(world.sft_dirs[0], use_safetensors=True)
         snap_ref = ray.put(snapshot_from_model(model, 0))
         del model

@@ -15,12 +15,12 @@ from pathlib import Path
 import ray
 from tqdm import tqdm
 
+from actors import storage
 from actors.fleet import ActorGroup, Member
 from actors.learner import LearnerActor
 from actors.reward import RewardMember, RewardPool, RewardSpec
 from actors.rollout import RolloutWorker
 from actors.scoring import pad_token_id
-from services import storage
 from services.config import ConfigError, Placement, RunConfig
 from services.control import start_controller
 from services.errors import RunFailed

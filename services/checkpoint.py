@@ -1,7 +1,7 @@
 """Durable checkpoints: STORAGE/checkpoints/step-000010/{learner/, driver.json, manifest.json}.
 
 STORAGE is a local path or a URI (`s3://bucket/prefix`, `gs://...`, `file:///abs/path`; see
-services.storage). Each checkpoint's manifest lists the sha256 of every other file in it, and
+actors.storage). Each checkpoint's manifest lists the sha256 of every other file in it, and
 a checkpoint is valid only if its files are exactly those, with those digests: `latest_valid`
 returns the newest valid one and skips the rest.
 
@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services import storage as store
+from actors import storage as store
 from services.ledger import Ledger
 
 MANIFEST = "manifest.json"

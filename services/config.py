@@ -381,7 +381,7 @@ class RunConfig(Strict):
     def storage(self) -> Path | str:
         """Where the run's checkpoints go (under `checkpoints/`): checkpoint.storage/<name>,
         else RUN_DIR."""
-        from services.storage import join
+        from actors.storage import join
 
         return self.path if self.checkpoint.storage is None else join(
             self.checkpoint.storage, self.name)

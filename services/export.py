@@ -58,8 +58,8 @@ def _run_config(run_dir: Path):
 def _checkpoint(where: Path | str, step: int | None) -> Path | str:
     """The newest valid checkpoint under `where` (RUN_DIR or checkpoint.storage/<name>), or
     the valid one of `step`."""
+    from actors.storage import name
     from services.checkpoint import checkpoints, latest_valid, step_of
-    from services.storage import name
 
     ckpt = latest_valid(where, step)
     if ckpt is not None:
@@ -103,7 +103,7 @@ def export_run(run_dir: str | Path, step: int | None = None, merge_lora: bool = 
     Raises ExportError for a missing run dir, config or checkpoint."""
     from transformers import AutoTokenizer
 
-    from services import storage
+    from actors import storage
     from services.checkpoint import learner_source, step_of
     from services.tasks import load_task
 

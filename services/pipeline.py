@@ -373,7 +373,8 @@ class Driver:
 
     def _publish(self, version: int, snap_ref: ray.ObjectRef, nbytes: int) -> None:
         for late in self.weights.publish(self.rollout.active(), version, snap_ref, nbytes):
-            self._replace(late, "rollout", "timeout")  # the new worker gets this version
+            if late.ready:  # (one still starting up gets the weights before any work)
+                self._replace(late, "rollout", "timeout")  # its successor gets this version
 
     def _get(self, ref: ray.ObjectRef):
         """A learner call's result, within the learner's deadline (deadlines.step_s)."""

@@ -96,6 +96,7 @@ def test_reward_pool_quarantines_a_nan_member(ray_session, micro_world):
     failures = []
     pool = RewardPool(2, make, {"aggregation": "mean"}, lambda m, e: failures.append(m.name))
     pool.scale_to(1)
+    pool.wait_ready()
     samples = [Sample(i, [1, 5], [6, 2], [-1.0, -0.5], 0, "w", f"p{i}", "good fun")
                for i in range(3)]
     pool.submit("batch-a", ray.put(samples))
@@ -119,6 +120,7 @@ def test_reward_pool_requeues_a_batch_when_a_member_dies(ray_session, micro_worl
     failures = []
     pool = RewardPool(2, make, {"aggregation": "mean"}, lambda m, e: failures.append(m.name))
     pool.scale_to(1)
+    pool.wait_ready()
     ray.kill(pool.groups[1].active()[0].handle)
     samples = [Sample(0, [1], [2], [-1.0], 0, "w")]
     pool.submit("b", ray.put(samples))

@@ -31,6 +31,7 @@ from tests.services.test_pipeline import micro, rows  # noqa: E402
 
 ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 FAST = ["deadlines.generate_s=20", "deadlines.score_s=20", "deadlines.probe_s=20",
+        "deadlines.publish_s=20",
         "checkpoint.max_actor_failures=3"]
 
 

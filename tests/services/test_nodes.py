@@ -36,6 +36,7 @@ def test_roles_are_placed_by_resources_and_a_lost_rollout_node_is_survived(micro
     assert nodes[out["lost"]] not in out["after_loss"].values()
 
 
+@pytest.mark.slow  # 2 min: make test-slow
 @pytest.mark.parametrize("role", ["learner", "reward"])
 def test_losing_the_node_of_the_learner_or_the_rewards_stops_the_run(role, micro_world,
                                                                      tmp_path):

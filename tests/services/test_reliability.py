@@ -62,11 +62,44 @@ def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return load_file(str(ckpt / "learner" / "state.safetensors"))
 
 
-def test_sigterm_then_resume_matches_an_uninterrupted_run(ray_session, micro_world, tmp_path):
-    deterministic = ["learner.steps=6", "rollout.max_staleness=0", "rollout.engine=hf",
-                     "rollout.replicas=1", "checkpoint.every=1"]
-    straight = micro(tmp_path / "a", *deterministic)
-    assert train(straight)["steps"] == 6
+DETERMINISTIC = ["learner.steps=6", "rollout.max_staleness=0", "rollout.engine=hf",
+                 "rollout.replicas=1", "checkpoint.every=1"]
+
+
+@pytest.fixture(scope="module")
+def straight(ray_session, micro_world, tmp_path_factory):
+    """A deterministic run that no fault touched: what a faulted run must end with."""
+    cfg = micro(tmp_path_factory.mktemp("straight"), *DETERMINISTIC)
+    assert train(cfg)["steps"] == 6
+    return cfg
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def test_a_killed_learner_is_restored_from_its_checkpoint(straight, tmp_path):
+    """kill -9 of the learner mid-run: it comes back from the newest checkpoint, the driver
+    rewinds to it, and the run ends with the weights of a run that never failed."""
+    cfg = micro(tmp_path, *DETERMINISTIC)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(summary=train(cfg)))
+    thread.start()
+    _wait_for_steps(cfg, 3)
+    os.kill(_pid(cfg, "learner-0"), signal.SIGKILL)
+    thread.join(timeout=600)
+    summary = result["summary"]
+    assert summary["steps"] == 6 and summary["restarts"]["learner"] >= 1
+    assert summary["ledger"]["trained"] == 6 * cfg.learner.samples_per_step
+    assert [r["step"] for r in rows(cfg)] == list(range(1, 7))  # redone rows logged once
+    _same_weights(latest_valid(straight.path), latest_valid(cfg.path))
+
+
+def test_sigterm_then_resume_matches_an_uninterrupted_run(straight, micro_world, tmp_path):
+    deterministic = DETERMINISTIC
 
     # The same run in a real `raylign train` process, SIGTERMed after step 2, then resumed.
     args = ["deploy/configs/micro.yaml", f"run_dir={tmp_path / 'b'}",
@@ -89,10 +122,7 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(ray_session, micro_wor
     resumed = train(interrupted, resume=True)
     assert resumed["steps"] == 6 and not resumed["interrupted"]
     assert resumed["ledger"]["trained"] == 6 * straight.learner.samples_per_step
-    a, b = _weights(latest_valid(straight.path)), _weights(latest_valid(interrupted.path))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    _same_weights(latest_valid(straight.path), latest_valid(interrupted.path))
 
 
 def test_truncated_checkpoint_falls_back_to_the_previous_one(ray_session, micro_world, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services import storage
+from actors import storage
 from services.checkpoint import (
     checkpoints,
     is_valid,
