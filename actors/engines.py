@@ -164,10 +164,14 @@ class VLLMEngine:
 
     def __init__(self, model_dir: str | Path, *, seed: int = 0,
                  max_prompt_tokens: int | None = None) -> None:
-        # One process per actor, CPU KV cache in GiB, every core of the actor, no hub.
+        # One process per actor, CPU KV cache in GiB, no hub. On CPU, vLLM would bind one
+        # OpenMP thread to every core of the machine in every worker ("auto"), so N workers
+        # and the learner fight over the same cores; "nobind" keeps the thread count the
+        # actor's Ray CPUs set (`use_assigned_cpus`), as the HF engine does.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoConfig
         from vllm import LLM

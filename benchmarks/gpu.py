@@ -1,4 +1,4 @@
-"""Figure 6 (GPU): rollout efficiency and weight broadcast with the vLLM engine and a ~0.5B
+"""Figure 7 (GPU): rollout efficiency and weight broadcast with the vLLM engine and a ~0.5B
 Llama built from config (random init, no download; the tiny world's tokenizer).
 
 Needs a CUDA GPU and the `vllm` package (`python -m benchmarks --gpu`). vLLM takes ~90% of the

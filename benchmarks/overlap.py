@@ -26,7 +26,7 @@ from pathlib import Path
 from benchmarks.common import REPO, load_cfg, stats
 
 ROLES = {"RolloutWorker": "rollout worker", "RewardMember": "reward member",
-         "LearnerActor": "learner", "combine_scores": "combine task", "Controller": "controller"}
+         "LearnerActor": "learner", "Combiner": "combiner", "Controller": "controller"}
 
 
 def _overrides(settings, run_dir: str, staleness: int) -> list[str]:

@@ -53,6 +53,11 @@ def summary_rows(res: dict) -> list[str]:
         x = f["overlap"]["ratio"]
         met = "yes" if x["median"] >= 1.3 else "**no**"
         rows.append(f"| 4. overlap, staleness 1 ÷ 0 | {_s(x)} | ≥ 1.3 | {met} |")
+    if "scaling" in f:
+        g = f["scaling"]["goal"]
+        rows.append(f"| 6. scaling, samples/s at 1..{len(g['value'])} rollout workers | "
+                    f"{' → '.join(f'{v:.3g}' for v in g['value'])} | never falls | "
+                    f"{'yes' if g['met'] else '**no**'} |")
     return rows
 
 
@@ -133,9 +138,21 @@ def detail(res: dict) -> list[str]:
                 "| role | processes | peak RSS (max over processes) |", "|---|---|---|"]
         for role, x in m["peak_rss_mib"].items():
             out.append(f"| {role} | {m['processes'][role]} | {x['max']:.0f} MiB |")
+    if "scaling" in f:
+        s = f["scaling"]
+        out += ["", f"### 6. Scaling (train(), {s['steps_per_run']} steps of "
+                f"{s['samples_per_step']} samples, engine {s['engine']}, "
+                f"{s['cpu_per_worker']} Ray CPU per worker, embedded Ray of "
+                f"{s['embedded_cpus']} CPUs; CPU seconds per learner step by role)", "",
+                "| rollout workers | steady samples/s | learner step s | CPU s: rollout | "
+                "reward | learner | driver |", "|---|---|---|---|---|---|---|"]
+        for n, x in s["by_workers"].items():
+            out.append(f"| {n} | {_s(x['steady'])} | {_s(x['learner_step_s'])} | "
+                       + " | ".join(_s(x[f"cpu_{r}_s"]) for r in
+                                    ("rollout", "reward", "learner", "driver")) + " |")
     if "gpu" in f:
         g = f["gpu"]
-        out += ["", f"### 6. GPU ({g['device']}, {g['parameters'] / 1e6:.0f}M parameters)", "",
+        out += ["", f"### 7. GPU ({g['device']}, {g['parameters'] / 1e6:.0f}M parameters)", "",
                 f"rollout Ray ÷ in-process: {g['rollout']['ratio_of_medians']:.3g}; "
                 f"broadcast ÷ in-process load_weights: {g['broadcast']['ratio_of_medians']:.3g}"]
     return out

@@ -6,7 +6,7 @@ the same seeded completions and token counts), the same torch thread count as a 
 gets from its `num_cpus` (Ray sets OMP_NUM_THREADS from it). Actor start-up and one warm-up
 batch are excluded from both sides. The Ray side routes as the driver does
 (`services.pipeline.Driver`): generate -> `ray.get` of the batch (the driver's fault check) ->
-the driver's `RewardPool` (each member scores the samples ref, a `combine_scores` task); a
+the driver's `RewardPool` (each member scores the samples ref, the `Combiner` actor combines); a
 repeat ends when the last batch is scored, so the Ray side also pays the reward pool's CPU and
 its last-batch latency.
 Repeats alternate in-process and Ray (for N = 1, 2, ...) so load drift hits both alike.
@@ -111,7 +111,7 @@ def run(settings, cfg, world) -> dict:
         ray.get([w.set_weights.remote(0, snap_ref) for w in workers])
         ray.get([w.generate.remote(warm) for w in workers])  # warm-up, as the local side
         pool.submit("warm", workers[0].generate.remote(warm))
-        pool.collect(ray.wait(list(pool.jobs))[0][0])  # starts the combine task's worker
+        pool.collect(ray.wait(list(pool.jobs))[0][0])  # warms the combiner up
         engine_name = ray.get(workers[0].info.remote())["engine"]
 
         def through_ray(n_workers: int, score: bool = True) -> tuple[float, int, int]:

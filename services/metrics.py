@@ -239,6 +239,7 @@ class Metrics:
                                  "CPU seconds used by the actors of a role (their processes)",
                                  ("role",))
         self._cpu_seen: dict[str, float] = {}  # actor -> its last reported CPU seconds
+        self.cpu_by_role: dict[str, float] = {}  # role -> CPU seconds counted so far
         self.checkpoint_failures = counter(
             "raylign_checkpoint_failures_total", "Periodic checkpoints that failed (disk, I/O)")
 
@@ -391,7 +392,9 @@ class Metrics:
         """An actor's process CPU time so far: the role's counter grows by what it used since
         its last report (all of it after a restart, when the process's time starts again)."""
         last = self._cpu_seen.get(actor, 0.0)
-        self.actor_cpu.labels(self._role(role)).inc(cpu_s - last if cpu_s >= last else cpu_s)
+        used = cpu_s - last if cpu_s >= last else cpu_s
+        self.actor_cpu.labels(self._role(role)).inc(used)
+        self.cpu_by_role[role] = self.cpu_by_role.get(role, 0.0) + used
         self._cpu_seen[actor] = cpu_s
 
     # -- introspection ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from actors.fleet import cpu_seconds
 from actors.records import StepStats, TrainBatch
 from services.metrics import Metrics
 
@@ -63,6 +64,7 @@ class Reporter:
         self.bar = tqdm(total=steps, initial=start_step, desc="train", unit="step")
         self.phase_s: dict[str, float] = defaultdict(float)  # since the last step's row
         self.truncated = 0  # prompts cut to fit the context, since the last step's row
+        self.cpu_seen: dict[str, float] = {}  # role -> its CPU seconds at the last row
 
     @contextmanager
     def phase(self, name: str):
@@ -83,6 +85,7 @@ class Reporter:
         v["rollout/samples_per_s"] = self.metrics.sample_rate()
         v["rollout/prompts_truncated"] = float(self.truncated)
         v.update({f"time/{name}_s": s for name, s in self.phase_s.items()})
+        v.update(self._cpu_since_last_row())
         self.truncated = 0
         self.phase_s.clear()
         k = len(batch.samples[0].member_scores)
@@ -99,6 +102,14 @@ class Reporter:
                              gold=f"{v.get('reward/gold', math.nan):.3f}",
                              kl=f"{v.get('kl/init_k1', math.nan):.3f}",
                              sps=f"{v['rollout/samples_per_s']:.1f}")
+
+    def _cpu_since_last_row(self) -> dict[str, float]:
+        """`cpu/<role>_s`: CPU seconds each role's processes used since the last row (from the
+        health probes, so up to a second late), and the driver's own."""
+        now = {**self.metrics.cpu_by_role, "driver": cpu_seconds()}
+        out = {f"cpu/{role}_s": t - self.cpu_seen.get(role, 0.0) for role, t in now.items()}
+        self.cpu_seen = now
+        return out
 
     def rewind(self, step: int) -> None:
         """The run went back to the checkpoint of `step`: its later rows go."""

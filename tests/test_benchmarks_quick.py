@@ -22,7 +22,8 @@ def test_quick_benchmarks(micro_world, tmp_path):
     [path] = tmp_path.glob("*-quick.json")
     res = json.loads(path.read_text())
     assert not res["errors"]
-    assert set(res["figures"]) == {"rollout", "broadcast", "learner", "overlap", "memory"}
+    assert set(res["figures"]) == {"rollout", "broadcast", "learner", "overlap", "memory",
+                                   "scaling"}
     assert all(math.isfinite(x) for x in numbers(res["figures"]))
     assert res["figures"]["rollout"]["by_workers"]["1"]["ratio"]["n"] == 2
     cases = res["figures"]["broadcast"]["cases"]  # incl. the preallocated-store child session
