@@ -129,6 +129,7 @@ class Recovery:
         """A learner call's result, within the learner's deadline (deadlines.step_s)."""
         return ray.get(ref, timeout=self.deadlines.step_s)
 
+    # -- checkpoints ----------------------------------------------------------------------
 
     def _maybe_checkpoint(self) -> None:
         every = self.cfg.checkpoint.every
