@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -20,8 +18,8 @@ from services.bootstrap import train
 from services.checkpoint import latest_valid, step_of
 from services.control import CONTROLLER_NAME
 from services.errors import RunFailed
-from tests.services.test_pipeline import micro, rows
-from tests.services.test_reliability import REPO, _pid, _wait_for_steps
+from tests.services.test_pipeline import micro, raylign_train, rows
+from tests.services.test_reliability import _pid, _wait_for_steps
 
 DEADLINES = ["deadlines.generate_s=8", "deadlines.score_s=8", "deadlines.probe_s=8",
              "deadlines.publish_s=8"]
@@ -82,14 +80,6 @@ def test_a_killed_learner_without_a_checkpoint_stops_the_run(ray_session, micro_
     assert "no checkpoint to restore it from" in result["error"]
 
 
-def _raylign_train(cfg_dir, *overrides) -> subprocess.Popen:
-    args = ["deploy/configs/micro.yaml", f"run_dir={cfg_dir}",
-            f"task.cache_dir={micro(cfg_dir).task.cache_dir}", *overrides]
-    return subprocess.Popen([sys.executable, "-m", "services.cli", "train", "--config", *args],
-                            cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 def _actor_pid(driver_pid: int, cls: str) -> int:
     """The pid of a Ray worker process (a descendant of the driver) running actor `cls`."""
     for proc in psutil.Process(driver_pid).children(recursive=True):
@@ -104,7 +94,7 @@ def _actor_pid(driver_pid: int, cls: str) -> int:
 def test_sigterm_with_a_hung_learner_stops_in_bounded_time(micro_world, tmp_path):
     overrides = ["learner.steps=40", "checkpoint.every=1", "deadlines.step_s=10", *DEADLINES]
     cfg = micro(tmp_path, *overrides)
-    proc = _raylign_train(tmp_path, *overrides)
+    proc = raylign_train(tmp_path, *overrides)
     try:
         _wait_for_steps(cfg, 2)
         os.kill(_actor_pid(proc.pid, "LearnerActor"), signal.SIGSTOP)
@@ -120,7 +110,7 @@ def test_sigterm_with_a_hung_learner_stops_in_bounded_time(micro_world, tmp_path
 def test_driver_kill_9_then_resume(ray_session, micro_world, tmp_path):
     overrides = ["learner.steps=8", "checkpoint.every=2"]
     cfg = micro(tmp_path, *overrides)
-    proc = _raylign_train(tmp_path, *overrides)
+    proc = raylign_train(tmp_path, *overrides)
     try:
         _wait_for_steps(cfg, 5)
         proc.send_signal(signal.SIGKILL)

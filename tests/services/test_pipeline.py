@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -17,11 +19,22 @@ from services.config import load_config
 from services.control import find_controller
 from tests.conftest import TEST_WORLDS, require_vllm
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def micro(tmp_path, *overrides):
     """The micro config, run in tmp_path, on the world that the `micro_world` fixture built."""
     return load_config("deploy/configs/micro.yaml",
                        [f"run_dir={tmp_path}", f"task.cache_dir={TEST_WORLDS}", *overrides])
+
+
+def raylign_train(run_dir, *overrides: str, resume: bool = False) -> subprocess.Popen:
+    """`raylign train` of the micro config in a process of its own (its own embedded Ray)."""
+    args = ["train", *(["--resume"] if resume else []), "--config", "deploy/configs/micro.yaml",
+            f"run_dir={run_dir}", f"task.cache_dir={TEST_WORLDS}", *overrides]
+    return subprocess.Popen([sys.executable, "-m", "services.cli", *args], cwd=REPO,
+                            env={**os.environ, "RAY_ADDRESS": ""}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
 
 def rows(cfg) -> list[dict]:

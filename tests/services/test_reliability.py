@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from services.bootstrap import train
 from services.checkpoint import latest_valid
-from tests.services.test_pipeline import micro, rows
+from tests.services.test_pipeline import micro, raylign_train, rows
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -102,13 +102,8 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(straight, micro_world,
     deterministic = DETERMINISTIC
 
     # The same run in a real `raylign train` process, SIGTERMed after step 2, then resumed.
-    args = ["deploy/configs/micro.yaml", f"run_dir={tmp_path / 'b'}",
-            f"task.cache_dir={micro_world.root.parent}", *deterministic]
     interrupted = micro(tmp_path / "b", *deterministic)
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "train", "--config", *args],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = raylign_train(tmp_path / "b", *deterministic)
     try:
         _wait_for_steps(interrupted, 2)
         proc.send_signal(signal.SIGTERM)

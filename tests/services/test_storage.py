@@ -226,24 +226,15 @@ def test_a_run_checkpoints_to_s3_and_resumes_in_a_fresh_run_dir(micro_world, s3,
     from another run dir (a new node: nothing local), finishes with every row once and its
     outputs uploaded; no checkpoint is ever written to a local disk."""
     import signal
-    import subprocess
-    import sys
 
-    from tests.services.test_pipeline import TEST_WORLDS, micro, rows
-    from tests.services.test_reliability import REPO, _wait_for_steps
+    from tests.services.test_pipeline import TEST_WORLDS, micro, raylign_train, rows
+    from tests.services.test_reliability import _wait_for_steps
 
     overrides = ["learner.steps=5", "checkpoint.every=1", f"checkpoint.storage={s3}",
                  f"task.cache_dir={TEST_WORLDS}"]
 
-    def raylign_train(run_dir: Path, *extra: str) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "train", *extra, "--config",
-             "deploy/configs/micro.yaml", f"run_dir={run_dir}", *overrides],
-            cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""}, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True)
-
     first = micro(tmp_path / "a", *overrides)
-    proc = raylign_train(tmp_path / "a")
+    proc = raylign_train(tmp_path / "a", *overrides)
     try:
         _wait_for_steps(first, 2)
         proc.send_signal(signal.SIGTERM)
@@ -256,7 +247,7 @@ def test_a_run_checkpoints_to_s3_and_resumes_in_a_fresh_run_dir(micro_world, s3,
     done = step_of(ckpt)
 
     second = micro(tmp_path / "b", *overrides)  # the same run, from a node that has nothing
-    proc = raylign_train(tmp_path / "b", "--resume")
+    proc = raylign_train(tmp_path / "b", *overrides, resume=True)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     assert f"resumed from {ckpt}" in out
