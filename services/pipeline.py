@@ -80,8 +80,12 @@ class Driver(Recovery):
         metrics.set_max_staleness(self.cfg.rollout.max_staleness)
 
     @property
+    def learner_member(self) -> Member:
+        return self.learners.active()[0]
+
+    @property
     def learner(self) -> ray.actor.ActorHandle:
-        return self.learners.active()[0].handle
+        return self.learner_member.handle
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -214,12 +218,12 @@ class Driver(Recovery):
             self.metrics.observe_staleness(train.staleness)
             self.step = (self.learner.step.remote(batch), train)
             self.step_started = time.monotonic()
-            self.learners.active()[0].inflight = 1  # a probe queued behind it is not idle
+            self.learner_member.inflight = 1  # a probe queued behind it is not idle
 
     def _on_learner_step(self) -> StepStats | None:
         """Close the step's prompts in the ledger, publish its weights, log its figures."""
         (ref, batch), self.step = self.step, None
-        self.learners.active()[0].inflight = 0
+        self.learner_member.inflight = 0
         try:
             stats, snap_ref, nbytes = ray.get(ref)
         except RayError as e:

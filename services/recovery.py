@@ -80,7 +80,7 @@ class Recovery:
         try:
             self._load_checkpoint(ckpt)
         except RayError as e:  # dead for good (max_restarts spent), hung or not placed
-            self._replace(self.learners.active()[0], "learner",
+            self._replace(self.learner_member, "learner",
                           "timeout" if isinstance(e, GetTimeoutError) else "failures")
             return
         self.step, self.buffer = None, []
@@ -88,7 +88,7 @@ class Recovery:
         self.rewards.clear()
         for member in [*self.rollout.members.values(), *self.rewards.members()]:
             member.inflight = 0  # their calls finish unheard; new ones queue behind them
-        learner = self.learners.active()[0]
+        learner = self.learner_member
         self.health.forget(learner)  # its pid now is the one that holds the checkpoint
         learner.inflight, learner.probing = 0, False
         learner.pid = self._get(self.learner.info.remote())["pid"]
@@ -108,7 +108,7 @@ class Recovery:
         for member, role in self.health.overdue(now - d.probe_s):
             self._replace(member, role, "timeout")
         if self.step is not None and now - self.step_started > d.step_s:
-            self._replace(self.learners.active()[0], "learner", "timeout")
+            self._replace(self.learner_member, "learner", "timeout")
         for k in self.rewards.unplaced(now - d.score_s):
             self._stop(f"reward member {k} has had no replica that answers for "
                        f"{d.score_s:g} s (deadlines.score_s): its node is gone, or no node "
