@@ -39,6 +39,19 @@ def _wait_for_steps(cfg, n: int, timeout: float = 300) -> None:
     raise AssertionError(f"no {n} steps in {path} after {timeout}s")
 
 
+def _sigterm_after(proc, cfg, steps: int) -> str:
+    """SIGTERM a `raylign train` process once `steps` rows are logged; it must checkpoint and
+    exit 130. Returns its output."""
+    try:
+        _wait_for_steps(cfg, steps)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out[-3000:]
+    return out
+
+
 def test_kill_rollout_worker_and_reward_actor_mid_run(ray_session, micro_world, tmp_path):
     cfg = micro(tmp_path, "learner.steps=8", "checkpoint.every=0")
     result: dict = {}
@@ -103,14 +116,7 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(straight, micro_world,
 
     # The same run in a real `raylign train` process, SIGTERMed after step 2, then resumed.
     interrupted = micro(tmp_path / "b", *deterministic)
-    proc = raylign_train(tmp_path / "b", *deterministic)
-    try:
-        _wait_for_steps(interrupted, 2)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=300)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, out[-3000:]
+    _sigterm_after(raylign_train(tmp_path / "b", *deterministic), interrupted, 2)
     summary = json.loads((interrupted.path / "summary.json").read_text())
     assert summary["interrupted"] and 2 <= summary["steps"] < 6, summary
 

@@ -225,23 +225,15 @@ def test_a_run_checkpoints_to_s3_and_resumes_in_a_fresh_run_dir(micro_world, s3,
     """`raylign train` with checkpoint.storage on S3, stopped (SIGTERM) after step 2, resumed
     from another run dir (a new node: nothing local), finishes with every row once and its
     outputs uploaded; no checkpoint is ever written to a local disk."""
-    import signal
 
     from tests.services.test_pipeline import TEST_WORLDS, micro, raylign_train, rows
-    from tests.services.test_reliability import _wait_for_steps
+    from tests.services.test_reliability import _sigterm_after
 
     overrides = ["learner.steps=5", "checkpoint.every=1", f"checkpoint.storage={s3}",
                  f"task.cache_dir={TEST_WORLDS}"]
 
     first = micro(tmp_path / "a", *overrides)
-    proc = raylign_train(tmp_path / "a", *overrides)
-    try:
-        _wait_for_steps(first, 2)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=300)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, out[-3000:]
+    _sigterm_after(raylign_train(tmp_path / "a", *overrides), first, 2)
     ckpt = latest_valid(first.storage)
     assert isinstance(ckpt, str) and ckpt.startswith(f"{s3}/micro/checkpoints/step-")
     done = step_of(ckpt)
