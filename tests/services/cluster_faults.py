@@ -35,20 +35,26 @@ FAST = ["deadlines.generate_s=20", "deadlines.score_s=20", "deadlines.probe_s=20
         "checkpoint.max_actor_failures=3"]
 
 
-def wait_for(predicate, what: str, timeout: float = 300):
+def wait_for(predicate, what: str, run: threading.Thread, timeout: float = 300):
+    """Poll `predicate` until it holds; fail as soon as the run has ended without it."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
         if value:
             return value
+        if not run.is_alive():
+            raise RuntimeError(f"the run ended before: {what}")
         time.sleep(0.5)
     raise TimeoutError(what)
 
 
 def actor_nodes(cfg) -> dict[str, str]:
-    """Actor name -> the node id it runs on, for every live actor of the run."""
-    status = ray.get(ray.get_actor(CONTROLLER_NAME, namespace=cfg.cluster.namespace)
-                     .status.remote())
+    """Actor name -> the node id it runs on, for every live actor of the run ({} once the run
+    has ended and its controller is gone)."""
+    try:
+        status = ray.get(controller(cfg).status.remote(), timeout=10)
+    except (ValueError, ray.exceptions.RayError):
+        return {}
     names = [*status.get("rollout_workers", []), "learner-0", "reward0-0"]
     out = {}
     for name in names:
@@ -58,6 +64,10 @@ def actor_nodes(cfg) -> dict[str, str]:
         except (ValueError, ray.exceptions.RayError):
             continue
     return out
+
+
+def controller(cfg):
+    return ray.get_actor(CONTROLLER_NAME, namespace=cfg.cluster.namespace)
 
 
 def run_in_thread(cfg) -> tuple[threading.Thread, dict]:
@@ -83,19 +93,24 @@ def lose_a_rollout_node(cluster: Cluster, run_dir: Path) -> dict:
     nodes = {"a": cluster.add_node(num_cpus=1, resources={"rollout": 1}),
              "b": cluster.add_node(num_cpus=1, resources={"rollout": 1})}
     cluster.wait_for_nodes()
-    cfg = micro(run_dir, "learner.steps=14", "rollout.replicas=2", "checkpoint.every=0",
+    # Long enough never to end by itself: stopped (raylign stop) once node c has a worker.
+    cfg = micro(run_dir, "learner.steps=200", "rollout.replicas=2", "checkpoint.every=0",
                 "rollout.resources.rollout=1", "learner.resources.learner=1",
                 "reward.resources.reward=1", *FAST)
     thread, result = run_in_thread(cfg)
-    wait_for(lambda: steps_logged(cfg) >= 2, "2 steps")
+    wait_for(lambda: steps_logged(cfg) >= 2, "2 steps", thread)
     placed = actor_nodes(cfg)
     lost = next(k for k, n in nodes.items() if n.node_id == placed["rollout-0"])
     cluster.remove_node(nodes[lost], allow_graceful=False)
     at_loss = steps_logged(cfg)
-    wait_for(lambda: steps_logged(cfg) >= at_loss + 3, "3 steps after the node loss")
+    wait_for(lambda: steps_logged(cfg) >= at_loss + 3, "3 steps after the node loss", thread)
     after_loss = actor_nodes(cfg)
     nodes["c"] = cluster.add_node(num_cpus=1, resources={"rollout": 1})  # a node joins
-    wait_for(lambda: nodes["c"].node_id in actor_nodes(cfg).values(), "a worker on node c")
+    wait_for(lambda: nodes["c"].node_id in actor_nodes(cfg).values(), "a worker on node c",
+             thread)
+    joined_at = steps_logged(cfg)
+    wait_for(lambda: steps_logged(cfg) >= joined_at + 2, "2 steps with node c", thread)
+    ray.get(controller(cfg).request_stop.remote())
     thread.join(timeout=600)
     return {"result": result, "placed": placed, "after_loss": after_loss,
             "final": {k: n.node_id for k, n in nodes.items()}, "lost": lost,
@@ -113,7 +128,7 @@ def lose_the_node_of(role: str, cluster: Cluster, run_dir: Path) -> dict:
                 "reward.resources.reward=1", "learner.max_replacements=1",
                 "deadlines.step_s=15", *FAST)
     thread, result = run_in_thread(cfg)
-    wait_for(lambda: steps_logged(cfg) >= 2, "2 steps")
+    wait_for(lambda: steps_logged(cfg) >= 2, "2 steps", thread)
     placed = actor_nodes(cfg)
     cluster.remove_node(node, allow_graceful=False)
     thread.join(timeout=600)
