@@ -35,12 +35,14 @@ test: $(STAMP) $(VENV)/.vllm
 	$(BIN)/python -m pytest
 
 test-slow: $(STAMP) $(VENV)/.vllm
+	$(BIN)/pip install -q -e ".[peers]"  # the peer benchmark's smoke test
 	$(BIN)/python -m pytest -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
+	$(BIN)/pip install -q -e ".[peers]"  # figure 8: TRL GRPOTrainer, the single-process peer
 	$(BIN)/python -m benchmarks
 
 clean:

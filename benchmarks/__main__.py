@@ -18,7 +18,8 @@ from pathlib import Path
 
 from benchmarks.common import REPO, Settings, init_ray, load_cfg, machine
 
-FIGURES = ("rollout", "broadcast", "learner", "overlap", "memory", "scaling")
+FIGURES = ("rollout", "broadcast", "learner", "overlap", "memory", "scaling", "peers")
+NOT_QUICK = ("peers",)  # TRL is an optional extra; `python -m benchmarks.peers --quick` smokes it
 
 
 def _finite(x) -> bool:
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     world = prepare(cfg.task)
     init_ray()
     t_start = time.perf_counter()
-    figures = ("gpu",) if args.gpu else tuple(args.only or FIGURES)
+    figures = ("gpu",) if args.gpu else tuple(
+        args.only or (f for f in FIGURES if not (settings.quick and f in NOT_QUICK)))
     date = datetime.datetime.now().strftime("%Y-%m-%d")
     suffix = ("-quick" if args.quick else "") + ("-gpu" if args.gpu else "")
     out_dir = Path(args.out)

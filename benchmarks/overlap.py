@@ -139,19 +139,29 @@ def _by_role(sampler: Sampler, exclude: set[int]) -> dict[str, list[int]]:
     return by_role
 
 
-def memory(settings, overlap: dict | None = None) -> dict:
-    """Figure 5. Full run: one more train() with its driver in a child process. --quick: the
-    actors' peaks over the overlap runs, and this process (the driver there, but it also ran
-    the other figures) as the driver."""
-    import ray
+ESTIMATORS = {"gae": [], "grpo": ["learner.estimator=grpo", "rollout.sampling.n=4"]}
 
+
+def memory(settings, overlap: dict | None = None) -> dict:
+    """Figure 5. Full run: one more train() per advantage estimator (gae: a critic; grpo: none),
+    its driver in a child process. --quick: the actors' peaks over the overlap runs (gae), and
+    this process (the driver there, but it also ran the other figures) as the driver."""
     cfg = load_cfg(settings)
     if not settings.driver_child and overlap:
         by_role = {**overlap["peak_rss_bytes"], "driver": [_hwm(os.getpid()) or 0]}
-        return _memory_result(settings, cfg, by_role, "driver = the benchmark process")
+        return _memory_result(settings, cfg, {"gae": by_role}, "driver = the benchmark process")
+    by_estimator = {est: _child_run_peaks(settings, extra)
+                    for est, extra in ESTIMATORS.items()}
+    return _memory_result(settings, cfg, by_estimator,
+                          "driver = a child process running only train()")
+
+
+def _child_run_peaks(settings, extra: list[str]) -> dict[str, list[int]]:
+    import ray
+
     address = ray.get_runtime_context().gcs_address
     with tempfile.TemporaryDirectory(prefix="raylign-bench-mem-") as tmp:
-        overrides = _overrides(settings, tmp, 1) + ["name=memory"]
+        overrides = _overrides(settings, tmp, 1) + ["name=memory", *extra]
         before = {p for p in _pids_with_roles()}
         child = subprocess.Popen([sys.executable, "-c", CHILD, address,
                                   "1" if settings.quick else "0", *overrides],
@@ -165,17 +175,22 @@ def memory(settings, overlap: dict | None = None) -> dict:
         sampler.join()
     if child.returncode != 0:
         raise RuntimeError(f"memory run failed ({child.returncode}): {stderr[-2000:]}")
-    return _memory_result(settings, cfg, _by_role(sampler, before),
-                          "driver = a child process running only train()")
+    return _by_role(sampler, before)
 
 
-def _memory_result(settings, cfg, by_role: dict[str, list[int]], driver: str) -> dict:
+def _memory_result(settings, cfg, by_estimator: dict[str, dict[str, list[int]]],
+                   driver: str) -> dict:
+    def peaks(by_role: dict[str, list[int]]) -> dict:
+        return {role: {"max": max(v) / 2**20, "each": [x / 2**20 for x in sorted(v)]}
+                for role, v in sorted(by_role.items())}
+
+    gae = by_estimator["gae"]
     return {
         "what": "peak RSS (VmHWM) per process, by role, over train() runs",
         "config": settings.config, "steps": settings.overlap_steps,
-        "processes": {role: len(v) for role, v in by_role.items()},
-        "peak_rss_mib": {role: {"max": max(v) / 2**20, "each": [x / 2**20 for x in sorted(v)]}
-                         for role, v in sorted(by_role.items())},
+        "processes": {role: len(v) for role, v in gae.items()},
+        "peak_rss_mib": peaks(gae),  # the default estimator (gae)
+        "by_estimator": {est: peaks(v) for est, v in by_estimator.items()},
         "rollout_engine": cfg.rollout.engine, "driver": driver,
         "note": "RSS counts shared pages (torch libraries, object-store mappings) in every "
                 "process; the total over-counts what the machine uses",

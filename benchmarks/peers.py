@@ -1,6 +1,8 @@
-"""Peer benchmark: TRL's GRPOTrainer in one process vs raylign's train() with the grpo estimator.
+"""Figure 8, peers: TRL's GRPOTrainer in one process vs raylign's train() with the grpo
+estimator, and with the default PPO+GAE estimator (a critic) as a second row.
 
-    .venv/bin/python -m benchmarks.peers [--steps S]     (needs the `peers` extra: trl)
+    .venv/bin/python -m benchmarks.peers [--steps S] [--repeats R]   (the `peers` extra: trl)
+    make bench                                                        (installs it; figure 8)
 
 The same tiny world, the same start policy, the same prompt order (the task's prompt stream,
 ids 0, 1, 2, ...), the same reward (raylign's K reward members in-process, aggregated by
@@ -10,9 +12,11 @@ one optimiser step per generation round (TRL: num_iterations 1, one 64-sample mi
 raylign: ppo_epochs 1, minibatch 64), no KL term (TRL beta 0, raylign kl.coef 0), lr and
 clip alike, Adam without weight decay, a constant lr.
 
-TRL runs first (this process, torch on every core), then raylign (embedded Ray, the run
-config's actors). Steady samples/s = (steps - 1) x 64 / (time of the last step's end - time
-of the first step's end), for both; gold = the world's gold scorer on the training samples,
+The PPO+GAE row changes only `learner.estimator` (the same batch, one epoch, no KL). Each
+repeat runs TRL (this process, torch on every core), then raylign grpo, then raylign gae
+(embedded Ray, the run config's actors); ratios are paired by repeat. Steady samples/s =
+(steps - 1) x 64 / (time of the last step's end - time of the first step's end), for every
+arm; gold = the world's gold scorer on the training samples,
 the mean over the last `last` steps.
 """
 
@@ -24,8 +28,11 @@ import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
-from benchmarks.common import REPO, Settings, init_ray, load_cfg, machine
+from tqdm import tqdm
+
+from benchmarks.common import REPO, Settings, init_ray, load_cfg, machine, stats
 
 GROUP = 8  # generations per prompt
 PROMPTS = 8  # prompts per step
@@ -115,11 +122,11 @@ def run_trl(settings: Settings, steps: int, last: int) -> dict:
             "policy": str(start)}
 
 
-def run_raylign(settings: Settings, steps: int, last: int) -> dict:
+def run_raylign(settings: Settings, steps: int, last: int, *extra: str) -> dict:
     from services.bootstrap import train
 
     with tempfile.TemporaryDirectory(prefix="raylign-peers-") as tmp:
-        cfg = _cfg(settings, steps, f"run_dir={tmp}", "name=peers")
+        cfg = _cfg(settings, steps, f"run_dir={tmp}", "name=peers", *extra)
         init_ray(num_cpus=cfg.cluster.num_cpus)
         summary = train(cfg)
         rows = [json.loads(x) for x in (cfg.path / "metrics.jsonl").read_text().splitlines()]
@@ -131,35 +138,95 @@ def run_raylign(settings: Settings, steps: int, last: int) -> dict:
             "gold_last": statistics.fmean(r["reward/gold"] for r in rows[-n:]),
             "proxy_last": statistics.fmean(r["reward/proxy"] for r in rows[-n:]),
             "gold_by_step": [r.get("reward/gold") for r in rows],
+            "estimator": cfg.learner.estimator,
             "rollout_workers": cfg.rollout.replicas, "engine": cfg.rollout.engine,
             "max_staleness": cfg.rollout.max_staleness,
             "cluster_cpus": cfg.cluster.num_cpus}
+
+
+GOALS = {"grpo": 1.0, "gae": 0.6}  # raylign / TRL steady samples/s (issue: performance)
+
+
+def measure(settings: Settings, steps: int, last: int, repeats: int) -> dict:
+    """Every arm `repeats` times, alternating; stats, ratios paired by repeat, goals."""
+    try:
+        import trl  # noqa: F401
+    except ImportError as e:
+        raise ImportError("the peer figure needs TRL: pip install -e '.[peers]' "
+                          "(make bench installs it)") from e
+    runs: dict[str, list[dict]] = {"trl": [], "grpo": [], "gae": []}
+    for _ in tqdm(range(repeats), desc="peers", unit="repeat"):
+        runs["trl"].append(run_trl(settings, steps, last))
+        for arm in ("grpo", "gae"):
+            runs[arm].append(run_raylign(settings, steps, last, f"learner.estimator={arm}"))
+    out: dict = {"what": "steady-state samples/s and gold at equal samples: TRL GRPOTrainer in "
+                         "one process vs raylign train() (grpo; gae)",
+                 "config": settings.config, "steps": steps, "gold_last_steps": last,
+                 "samples_per_step": BATCH, "prompts_per_step": PROMPTS, "generations": GROUP,
+                 "repeats": repeats, "trl_version": runs["trl"][0]["trl"], "runs": runs,
+                 "arms": {arm: {k: stats([r[k] for r in rs]) for k in
+                                ("steady_samples_per_s", "gold_last")}
+                          for arm, rs in runs.items()}}
+    trl_gold = out["arms"]["trl"]["gold_last"]["median"]
+    out["ratios"], out["goals"] = {}, {}
+    for arm, target in GOALS.items():
+        ratio = stats([r["steady_samples_per_s"] / t["steady_samples_per_s"]
+                       for r, t in zip(runs[arm], runs["trl"])])
+        gold = out["arms"][arm]["gold_last"]["median"]
+        out["ratios"][arm] = ratio
+        out["goals"][arm] = {"target": f">= {target}x TRL samples/s"
+                             + (" at equal or better gold" if arm == "grpo" else ""),
+                             "value": ratio["median"],
+                             "met": ratio["median"] >= target
+                             and (arm != "grpo" or gold >= trl_gold)}
+    out["goal"] = {"figure": "raylign grpo >= 1.0x and PPO+GAE >= 0.6x TRL GRPOTrainer",
+                   "met": all(g["met"] for g in out["goals"].values())}
+    return out
+
+
+def table(out: dict) -> list[str]:
+    """The markdown rows (also BENCHMARKS.md's figure 8)."""
+    a, last = out["arms"], out["gold_last_steps"]
+
+    def cell(x: dict, fmt: str) -> str:
+        return f"{fmt.format(x['median'])} [{fmt.format(x['min'])}–{fmt.format(x['max'])}]"
+
+    rows = [f"| | samples/s (steady) | gold, last {last} steps | ratio ÷ TRL | goal | met |",
+            "|---|---|---|---|---|---|",
+            f"| TRL {out['trl_version']} GRPOTrainer, one process | "
+            f"{cell(a['trl']['steady_samples_per_s'], '{:.1f}')} | "
+            f"{cell(a['trl']['gold_last'], '{:.3f}')} | 1 | | |"]
+    for arm, name in (("grpo", "raylign train(), grpo"), ("gae", "raylign train(), PPO+GAE")):
+        g = out["goals"][arm]
+        rows.append(f"| {name} | {cell(a[arm]['steady_samples_per_s'], '{:.1f}')} | "
+                    f"{cell(a[arm]['gold_last'], '{:.3f}')} | "
+                    f"{cell(out['ratios'][arm], '{:.2f}')} | {g['target']} | "
+                    f"{'yes' if g['met'] else '**no**'} |")
+    return rows
+
+
+def run(settings: Settings, cfg_unused=None, world_unused=None) -> dict:
+    """Figure 8 of `python -m benchmarks` (not in --quick: TRL is an optional extra)."""
+    if not settings.peer_repeats:
+        raise ValueError("the peer figure is not part of --quick; its smoke run is "
+                         "python -m benchmarks.peers --quick")
+    return measure(settings, steps=8, last=3, repeats=settings.peer_repeats)
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--last", type=int, default=3, help="steps the gold mean is taken over")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="the micro world (a smoke run)")
+    p.add_argument("--out", default=str(REPO / "benchmarks/results"), help="results directory")
     a = p.parse_args(argv)
-    settings = Settings.make(False)
-    env = machine()
-    trl_out = run_trl(settings, a.steps, a.last)
-    ray_out = run_raylign(settings, a.steps, a.last)
-    ratio = ray_out["steady_samples_per_s"] / trl_out["steady_samples_per_s"]
-    out = {"what": "steady-state samples/s: raylign train() (grpo) vs TRL GRPOTrainer, one "
-                   "process; gold of the training samples of the last steps",
-           "config": settings.config, "steps": a.steps, "gold_last_steps": a.last,
-           "samples_per_step": BATCH, "prompts_per_step": PROMPTS, "generations": GROUP,
-           "trl": trl_out, "raylign": ray_out, "ratio_raylign_over_trl": ratio,
-           "machine": env, "load_avg_end": os.getloadavg()}
-    table = [f"| | samples/s (steady) | gold (last {a.last} steps) |", "|---|---|---|",
-             f"| TRL {trl_out['trl']} GRPOTrainer | {trl_out['steady_samples_per_s']:.1f} | "
-             f"{trl_out['gold_last']:.3f} |",
-             f"| raylign train() grpo | {ray_out['steady_samples_per_s']:.1f} | "
-             f"{ray_out['gold_last']:.3f} |",
-             f"| ratio raylign / TRL | {ratio:.2f} | |"]
-    print("\n".join(table))
-    path = REPO / "benchmarks/results" / f"{time.strftime('%Y-%m-%d')}-peers.json"
+    settings = Settings.make(a.quick)
+    out = {**measure(settings, a.steps, a.last, a.repeats), "machine": machine(),
+           "load_avg_end": os.getloadavg()}
+    print("\n".join(table(out)))
+    path = Path(a.out) / f"{time.strftime('%Y-%m-%d')}-peers{'-quick' if a.quick else ''}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1, default=str))
     print(f"wrote {path}")
     return out

@@ -56,8 +56,16 @@ def summary_rows(res: dict) -> list[str]:
     if "scaling" in f:
         g = f["scaling"]["goal"]
         rows.append(f"| 6. scaling, samples/s at 1..{len(g['value'])} rollout workers | "
-                    f"{' → '.join(f'{v:.3g}' for v in g['value'])} | never falls | "
-                    f"{'yes' if g['met'] else '**no**'} |")
+                    f"{' → '.join(f'{v:.3g}' for v in g['value'])}"
+                    + (f"; scaled during one run: "
+                       f"{' → '.join(f'{v:.3g}' for v in g['live_value'])}"
+                       if "live_value" in g else "")
+                    + f" | never falls | {'yes' if g['met'] else '**no**'} |")
+    if "peers" in f:
+        for arm, g in f["peers"]["goals"].items():
+            rows.append(f"| 8. peers, raylign {arm} ÷ TRL GRPOTrainer, samples/s | "
+                        f"{_s(f['peers']['ratios'][arm])} | {g['target']} | "
+                        f"{'yes' if g['met'] else '**no**'} |")
     return rows
 
 
@@ -134,10 +142,16 @@ def detail(res: dict) -> list[str]:
         out.append(f"| ratio 1 ÷ 0 | {_s(o['ratio'])} | {_s(o['whole_run_ratio'])} | |")
     if "memory" in f:
         m = f["memory"]
-        out += ["", f"### 5. Peak RSS per role ({m['config']}, one train() run)", "",
-                "| role | processes | peak RSS (max over processes) |", "|---|---|---|"]
-        for role, x in m["peak_rss_mib"].items():
-            out.append(f"| {role} | {m['processes'][role]} | {x['max']:.0f} MiB |")
+        by_est = m.get("by_estimator", {"gae": m["peak_rss_mib"]})
+        ests = list(by_est)
+        out += ["", f"### 5. Peak RSS per role ({m['config']}, one train() run per advantage "
+                "estimator: gae trains a critic, grpo none)", "",
+                "| role | processes | " + " | ".join(f"peak RSS, {e}" for e in ests) + " |",
+                "|---|---|" + "---|" * len(ests)]
+        for role in m["peak_rss_mib"]:
+            cells = [by_est[e].get(role) for e in ests]
+            out.append(f"| {role} | {m['processes'][role]} | "
+                       + " | ".join(f"{c['max']:.0f} MiB" if c else "—" for c in cells) + " |")
     if "scaling" in f:
         s = f["scaling"]
         out += ["", f"### 6. Scaling (train(), {s['steps_per_run']} steps of "
@@ -150,6 +164,23 @@ def detail(res: dict) -> list[str]:
             out.append(f"| {n} | {_s(x['steady'])} | {_s(x['learner_step_s'])} | "
                        + " | ".join(_s(x[f"cpu_{r}_s"]) for r in
                                     ("rollout", "reward", "learner", "driver")) + " |")
+        if "live" in s:
+            live = s["live"]
+            out += ["", f"Scaled during one run (`set_replicas`, as `raylign scale`), "
+                    f"{live['segment_steps']} steps per worker count:", "",
+                    "| rollout workers | samples/s after the first 2 steps | samples/s, whole "
+                    "segment | learner step s |", "|---|---|---|---|"]
+            for n, x in live["by_workers"].items():
+                out.append(f"| {n} | {x['steady']:.3g} | {x['whole']:.3g} | "
+                           f"{x['learner_step_s']:.3g} |")
+    if "peers" in f:
+        from benchmarks.peers import table
+
+        x = f["peers"]
+        out += ["", f"### 8. Peers (the same world, reward, batch of {x['samples_per_step']} = "
+                f"{x['prompts_per_step']} prompts x {x['generations']}, sampling, one optimiser "
+                f"step per round, no KL; {x['steps']} steps, {x['repeats']} repeats)", "",
+                *table(x)]
     if "gpu" in f:
         g = f["gpu"]
         out += ["", f"### 7. GPU ({g['device']}, {g['parameters'] / 1e6:.0f}M parameters)", "",

@@ -29,6 +29,9 @@ def test_quick_benchmarks(micro_world, tmp_path):
     cases = res["figures"]["broadcast"]["cases"]  # incl. the preallocated-store child session
     assert [c.get("preallocated", False) for c in cases] == [False, True, False]
     assert all(c["put_page_faults"]["n"] >= 2 for c in cases)
+    live = res["figures"]["scaling"]["live"]  # scaled 1 -> 2 workers during one run
+    assert set(live["by_workers"]) == {"1", "2"}
+    assert all(x["steady"] > 0 for x in live["by_workers"].values())
     assert set(res["figures"]["memory"]["peak_rss_mib"]) >= {
         "rollout worker", "reward member", "learner", "driver"}
     text = md.read_text()
