@@ -20,7 +20,7 @@ import torch
 
 from actors.records import Prompt, Sample, Sampling
 from actors.scoring import pad_token_id
-from learner.weights import WeightSnapshot, apply_snapshot, merge_lora
+from learner.weights import WeightSnapshot, adopt_snapshot, assign_state, merge_lora
 
 
 class RolloutEngine(Protocol):
@@ -89,13 +89,15 @@ class HFEngine:
         self._base_state: dict[str, torch.Tensor] | None = None  # for LoRA merges
 
     def load_weights(self, snapshot: WeightSnapshot) -> None:
+        """Full: the model adopts the snapshot's read-only arrays (no copy). LoRA: the merged
+        weights are assigned by reference too; nothing is ever written into a model tensor."""
         if snapshot.kind == "full":
-            apply_snapshot(self.model, snapshot)
+            adopt_snapshot(self.model, snapshot)
             self._base_state = None
             return
         if self._base_state is None:  # the last full weights are the base of every LoRA delta
-            self._base_state = {k: v.clone() for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(merge_lora(self._base_state, snapshot), strict=False)
+            self._base_state = dict(self.model.state_dict())  # never written: no clone
+        assign_state(self.model, merge_lora(self._base_state, snapshot))
 
     @torch.no_grad()
     def generate(

@@ -1,9 +1,10 @@
 """Versioned weight snapshots: what the learner publishes and rollout engines load.
 
 A `WeightSnapshot` holds numpy arrays so that Ray's object store hands every reader zero-copy,
-READ-ONLY views: a reader must never write to them, only copy them into its own parameters
-(`apply_snapshot`). With peft LoRA (`kind="lora"`) only the adapter tensors move; an engine that
-holds only the base weights (e.g. vLLM) gets full weights with `merge_lora(base, snap)`.
+READ-ONLY views: a reader must never write to them. It copies them into its own parameters
+(`apply_snapshot`) or, for inference only, makes its parameters those views (`adopt_snapshot`).
+With peft LoRA (`kind="lora"`) only the adapter tensors move; an engine that holds only the base
+weights (e.g. vLLM) gets full weights with `merge_lora(base, snap)`.
 
 Names: kind "full" uses the plain HF state-dict names (`model.layers.0.self_attn.q_proj.weight`,
 tied weights under each of their names, each its own copy); kind "lora" uses peft's saved-adapter
@@ -191,6 +192,54 @@ def apply_snapshot(model: nn.Module, snap: WeightSnapshot, verify: bool = False)
             raise ValueError(f"apply_snapshot: '{k}' has shape {tuple(src.shape)} in the "
                              f"snapshot, {tuple(dst.shape)} in the model")
         dst.copy_(src)
+
+
+@torch.no_grad()
+def adopt_snapshot(model: nn.Module, snap: WeightSnapshot, verify: bool = False) -> None:
+    """Make a plain HF model's parameters and persistent buffers the snapshot's arrays (no copy).
+
+    kind "full" only, all state-dict keys present with the model's shape, dtype and device (CPU);
+    a LoRA snapshot, a peft model or a mismatch raises before anything changes (use
+    `apply_snapshot` there). Tied weights become one tensor per name (equal values).
+
+    For inference only: the adopted tensors are read-only (from Ray, views of the object store
+    shared by every reader on the node) and nothing may write to them (no `load_state_dict`,
+    no optimiser). They keep the Ray object alive while the model references them. A new version
+    is a new object, so adopting it never changes tensors that holders of an earlier one use.
+    """
+    if snap.kind != "full" or is_peft_model(model):
+        raise ValueError("adopt_snapshot: only a full snapshot into a plain (non-peft) model; "
+                         "use apply_snapshot (or merge_lora)")
+    if verify:
+        snap.verify()
+    targets = model.state_dict()
+    missing = sorted(set(targets) - set(snap.tensors))
+    unexpected = sorted(set(snap.tensors) - set(targets))
+    if missing or unexpected:
+        raise KeyError(f"adopt_snapshot v{snap.version}: missing {missing[:5]}, "
+                       f"unexpected {unexpected[:5]}")
+    views = {k: _to_torch(snap.tensors[k], snap.torch_dtypes.get(k)) for k in targets}
+    for k, dst in targets.items():
+        src = views[k]
+        if (src.shape, src.dtype, src.device) != (dst.shape, dst.dtype, dst.device):
+            raise ValueError(f"adopt_snapshot: '{k}' is {tuple(src.shape)} {src.dtype} "
+                             f"{src.device} in the snapshot, {tuple(dst.shape)} {dst.dtype} "
+                             f"{dst.device} in the model")
+    assign_state(model, views)
+
+
+def assign_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Point each named parameter / buffer at the given tensor (by reference, never a copy into
+    the old one). Parameters become frozen (`requires_grad=False`); tied names are untied."""
+    for k, t in tensors.items():
+        prefix, _, name = k.rpartition(".")
+        module = model.get_submodule(prefix)
+        if name in module._parameters:
+            module._parameters[name] = nn.Parameter(t, requires_grad=False)
+        elif name in module._buffers:
+            module._buffers[name] = t
+        else:
+            raise KeyError(f"assign_state: '{k}' is neither a parameter nor a buffer")
 
 
 @torch.no_grad()
