@@ -31,8 +31,21 @@ def doc_path(out: Path) -> Path:
     return out.parent / "results.md" if out.resolve() == DEFAULT_OUT else out / "results.md"
 
 
+class DirtyTree(RuntimeError):
+    """A full experiment from a working tree with uncommitted changes (exit code 2)."""
+
+
 def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None,
-                   out: Path | None = None, runs: Path | None = None) -> dict:
+                   out: Path | None = None, runs: Path | None = None,
+                   allow_dirty: bool = False) -> dict:
+    """Run one experiment and write its JSON. A full run needs a clean working tree (its
+    result names the commit it ran); `allow_dirty` runs anyway and records the diff. Quick runs
+    (integration tests of the command) record the diff."""
+    code = provenance()
+    if code["dirty"] and not (quick or allow_dirty):
+        raise DirtyTree(f"experiment {name}: the working tree has uncommitted changes "
+                        f"({code['commit']}); commit them, or pass --allow-dirty to run anyway "
+                        "and record the diff in the result")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import ray
 
@@ -53,7 +66,7 @@ def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None,
             ray.shutdown()
     key = world(ctx).root.name
     result.update(experiment=name, quick=quick, seeds=seeds, world=key,
-                  world_facts=_world_facts(key), commit=_commit(),
+                  world_facts=_world_facts(key), **code,
                   seconds=round(time.perf_counter() - t0, 1), run_seconds=ctx.timings,
                   finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     out.mkdir(parents=True, exist_ok=True)
@@ -62,13 +75,18 @@ def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None,
     return result
 
 
-def _commit() -> str:
-    """HEAD's short hash, '+dirty' if the working tree has uncommitted changes."""
+def provenance() -> dict:
+    """{"commit": HEAD's short hash ('+dirty' with uncommitted changes to tracked files),
+    "dirty": bool, and with a dirty tree "diff": `git diff HEAD`}."""
     import subprocess
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True,
                               cwd=DEFAULT_OUT.parents[1]).stdout.strip()
 
-    return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain",
-                                                                  "-uno") else "")
+    dirty = bool(git("status", "--porcelain", "-uno"))
+    out = {"commit": git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else ""),
+           "dirty": dirty}
+    if dirty:
+        out["diff"] = git("diff", "HEAD")
+    return out

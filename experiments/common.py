@@ -6,7 +6,10 @@ exporter off, checkpoint only at the end) and reads back the `metrics.jsonl` row
 run whose config is unchanged is reused, so an interrupted experiment resumes arm by arm.
 
 Statistics: mean ± standard error over seeds (`mean_se`), percentile bootstrap 95% CIs
-(`bootstrap_ci`, 2000 resamples, fixed seed) for means and for differences of means.
+(`bootstrap_ci`, 2000 resamples, fixed seed) for means and for differences of means; paired
+t-intervals over seeds (`paired_t_ci`, df = seeds - 1) for differences between arms that share
+seeds; a cluster bootstrap over seeds (`cluster_bootstrap_ci`) for per-prompt win rates; and
+`verdict` (held | refuted | inconclusive, by VERDICT_RULE).
 """
 
 from __future__ import annotations
@@ -374,12 +377,71 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
         9: 2.262, 10: 2.228}  # Student t, 97.5% quantile, by degrees of freedom
 
 
+def t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with `df` degrees of freedom: the table to 10, then
+    the Cornish-Fisher expansion t = z + (z^3 + z) / 4df + (5z^5 + 16z^3 + 3z) / 96df^2
+    (within 0.003 of the exact value from df 11)."""
+    if df < 1:
+        raise ValueError(f"t975: degrees of freedom must be >= 1, got {df}")
+    if df in T975:
+        return T975[df]
+    z = 1.959963984540054
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
 def paired_t_ci(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """95% t-interval of mean(a_i - b_i) over pairs (seeds shared by two arms); NaN with
-    fewer than 2 pairs. Beyond 10 degrees of freedom the normal quantile 1.96."""
+    """95% t-interval of mean(a_i - b_i) over pairs (seeds shared by two arms), df = pairs - 1;
+    NaN with fewer than 2 pairs."""
     d = [x - y for x, y in zip(a, b, strict=True) if x == x and y == y]
     if len(d) < 2:
         return math.nan, math.nan
-    half = T975.get(len(d) - 1, 1.96) * statistics.stdev(d) / math.sqrt(len(d))
+    half = t975(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
     m = statistics.fmean(d)
     return m - half, m + half
+
+
+def cluster_bootstrap_ci(clusters: Sequence[Sequence[float]], n: int = 2000, seed: int = 0
+                         ) -> tuple[float, float]:
+    """Percentile 95% CI of the pooled mean of units grouped in clusters (e.g. per-prompt wins
+    grouped by seed): each resample draws whole clusters with replacement, so the interval
+    reflects how many seeds there are, not how many prompts. NaN with fewer than 2 clusters."""
+    groups = [[x for x in c if x == x] for c in clusters]
+    groups = [g for g in groups if g]
+    if len(groups) < 2:
+        return math.nan, math.nan
+    rng = random.Random(seed)
+    reps = []
+    for _ in range(n):
+        pick = rng.choices(groups, k=len(groups))
+        reps.append(statistics.fmean(x for g in pick for x in g))
+    reps.sort()
+    return reps[int(0.025 * n)], reps[int(0.975 * n) - 1]
+
+
+VERDICT_RULE = ("held: the 95% interval of the pre-registered effect lies above 0; refuted: it "
+                "lies below the smallest effect of interest (so an effect of that size or larger "
+                "is excluded, including every effect in the predicted direction's opposite); "
+                "inconclusive: otherwise, or with fewer than 2 seeds")
+
+
+def verdict(ci: tuple[float, float], smallest_effect: float) -> str:
+    """`held | refuted | inconclusive` for an effect predicted to be positive, given its 95%
+    interval and the smallest effect of interest (> 0), both fixed before the run
+    (VERDICT_RULE)."""
+    if smallest_effect <= 0:
+        raise ValueError(f"verdict: smallest_effect must be > 0, got {smallest_effect}")
+    lo, hi = ci
+    if lo != lo or hi != hi:
+        return "inconclusive"
+    if lo > 0:
+        return "held"
+    if hi < smallest_effect:
+        return "refuted"
+    return "inconclusive"
+
+
+def seed_rows(runs: dict[str, list[list[dict]]], keys: Sequence[str]) -> list[dict]:
+    """Per-step per-seed rows of every arm, for the result JSON: {arm, seed, step, key...}."""
+    return [{"arm": arm, "seed": seed, "step": r["step"], **{k: r[k] for k in keys if k in r}}
+            for arm, per_seed in runs.items() for seed, rows in enumerate(per_seed)
+            for r in rows]

@@ -95,7 +95,12 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         print(f"raylign: unknown experiment '{args.name}'; valid: {', '.join(exp.NAMES)}",
               file=sys.stderr)
         return 2
-    result = exp.run_experiment(args.name, quick=args.quick, seeds=args.seeds, out=args.out)
+    try:
+        result = exp.run_experiment(args.name, quick=args.quick, seeds=args.seeds, out=args.out,
+                                    allow_dirty=args.allow_dirty)
+    except exp.DirtyTree as e:
+        print(f"raylign: {e}", file=sys.stderr)
+        return 2
     for claim in result["claims"]:
         print(f"{args.name}: {claim['verdict']}: {claim['measured']}")
     out = args.out or "docs/results"
@@ -227,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="micro world, a few steps: checks the command, not the claim")
     p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; quick 1)")
     p.add_argument("--out", default=None, help="JSON + PNG dir (default docs/results)")
+    p.add_argument("--allow-dirty", action="store_true",
+                   help="run a full experiment from uncommitted changes (the diff is recorded)")
     p.set_defaults(func=cmd_experiment)
 
     for name, func, text in (("scale", cmd_scale, "change replicas of a running job"),

@@ -228,3 +228,87 @@ def test_paired_t_ci_by_hand():
     half = 4.303 / math.sqrt(3)
     assert (lo, hi) == pytest.approx((2 - half, 2 + half))
     assert all(math.isnan(x) for x in paired_t_ci([1.0], [0.0]))
+
+
+def test_t975_table_and_expansion():
+    from experiments.common import t975
+
+    assert t975(1) == 12.706 and t975(10) == 2.228
+    # exact values (scipy.stats.t.ppf(0.975, df)): 11 2.2010, 12 2.1788, 20 2.0860, 30 2.0423
+    for df, exact in ((11, 2.2010), (12, 2.1788), (20, 2.0860), (30, 2.0423)):
+        assert t975(df) == pytest.approx(exact, abs=0.003)
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        t975(0)
+
+
+def test_paired_t_ci_beyond_ten_pairs_uses_t_not_normal():
+    from experiments.common import paired_t_ci, t975
+
+    a = [float(i % 3) for i in range(12)]  # differences 0, 1, 2 repeated: mean 1
+    lo, hi = paired_t_ci(a, [0.0] * 12)
+    sd = math.sqrt(sum((x - 1) ** 2 for x in a) / 11)
+    assert (lo, hi) == pytest.approx((1 - t975(11) * sd / math.sqrt(12),
+                                      1 + t975(11) * sd / math.sqrt(12)))
+
+
+def test_cluster_bootstrap_resamples_seeds_not_prompts():
+    from experiments.common import cluster_bootstrap_ci
+
+    # every seed's prompts agree: a cluster's units carry one seed's worth of information
+    clusters = [[1.0] * 100, [0.0] * 100, [1.0] * 100]
+    lo, hi = cluster_bootstrap_ci(clusters)
+    assert lo == 0.0 and hi == 1.0  # three seeds: all-0 and all-1 resamples both occur
+    naive = bootstrap_ci([x for c in clusters for x in c])  # 300 "independent" units
+    assert hi - lo > 5 * (naive[1] - naive[0])
+    assert cluster_bootstrap_ci([[1.0, 0.0], [0.5]]) != cluster_bootstrap_ci([[1.0]] * 2)
+    assert cluster_bootstrap_ci([[0.5, 0.5]] * 4) == (0.5, 0.5)
+    assert all(math.isnan(x) for x in cluster_bootstrap_ci([[1.0, 0.0]]))
+
+
+def test_verdict_rule():
+    from experiments.common import verdict
+
+    assert verdict((0.01, 0.3), smallest_effect=0.05) == "held"
+    assert verdict((-0.2, -0.01), smallest_effect=0.05) == "refuted"  # the opposite effect
+    assert verdict((-0.02, 0.04), smallest_effect=0.05) == "refuted"  # no effect that size
+    assert verdict((-0.02, 0.2), smallest_effect=0.05) == "inconclusive"
+    assert verdict((math.nan, math.nan), smallest_effect=0.05) == "inconclusive"
+    with pytest.raises(ValueError, match="smallest_effect"):
+        verdict((0.1, 0.2), smallest_effect=0.0)
+
+
+def test_seed_rows_flatten_arms_and_seeds():
+    from experiments.common import seed_rows
+
+    runs = {"a": [[{"step": 1, "reward/gold": 0.1, "x": 9}], [{"step": 1, "reward/gold": 0.2}]],
+            "b": [[{"step": 1}, {"step": 2, "reward/gold": 0.3}]]}
+    assert seed_rows(runs, ["reward/gold"]) == [
+        {"arm": "a", "seed": 0, "step": 1, "reward/gold": 0.1},
+        {"arm": "a", "seed": 1, "step": 1, "reward/gold": 0.2},
+        {"arm": "b", "seed": 0, "step": 1},
+        {"arm": "b", "seed": 0, "step": 2, "reward/gold": 0.3}]
+
+
+def test_provenance_names_this_checkout():
+    import subprocess
+
+    from experiments import provenance
+    from tests.conftest import REPO
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
+                          capture_output=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=REPO, text=True,
+                                capture_output=True).stdout.strip())
+    p = provenance()
+    assert p["commit"] == head + ("+dirty" if dirty else "") and p["dirty"] == dirty
+    assert ("diff" in p) == dirty
+
+
+def test_a_full_experiment_refuses_a_dirty_tree_before_any_work(monkeypatch, tmp_path):
+    import experiments
+
+    monkeypatch.setattr(experiments, "provenance",
+                        lambda: {"commit": "abc1234+dirty", "dirty": True, "diff": "..."})
+    with pytest.raises(experiments.DirtyTree, match="--allow-dirty"):
+        experiments.run_experiment("overopt", out=tmp_path / "out", runs=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
