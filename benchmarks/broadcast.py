@@ -230,17 +230,23 @@ def run(settings, cfg, world) -> dict:
         for h in holders:
             ray.kill(h)
     results.insert(1, _preallocated(settings, world))  # after the same case in this Ray session
-    adopted = {r["model"]: r["by_readers"]["4"]["adopt"]["ratio_to_floor"]["median"]
-               for r in results if "adopt" in r["by_readers"].get("4", {})}
     return {
         "what": "put -> N readers loaded ÷ one in-process load_state_dict (same tensors); "
                 "put -> N readers adopted ÷ (put + N no-op calls)",
         "reader_num_cpus": 0.05, "in_process_threads": 1, "lora_rank": LORA_RANK,
-        "cases": results,
-        "goal": {"figure": "adoption at N=4, full weights, ÷ (put + N no-op calls), every model",
-                 "target": "<= 1.5", "value": adopted,
-                 "met": bool(adopted) and all(v <= 1.5 for v in adopted.values())},
+        "cases": results, "goal": goal(results),
     }
+
+
+def goal(cases: list[dict]) -> dict:
+    """Adoption at N=4 within 1.5x of (put + N no-op calls), for every model measured in this
+    Ray session (the preallocated-store child is a diagnostic of the put, not a model)."""
+    adopted = {r["model"]: r["by_readers"]["4"]["adopt"]["ratio_to_floor"]["median"]
+               for r in cases if "adopt" in r["by_readers"].get("4", {})
+               and not r.get("preallocated")}
+    return {"figure": "adoption at N=4, full weights, ÷ (put + N no-op calls), every model",
+            "target": "<= 1.5", "value": adopted,
+            "met": bool(adopted) and all(v <= 1.5 for v in adopted.values())}
 
 
 if __name__ == "__main__":  # the preallocated-store child: one JSON line on stdout
