@@ -26,18 +26,34 @@ def cpu_seconds() -> float:
 
 
 def process_info() -> dict:
-    """What every actor's `info()` answers a health probe with: its process, CPU and node."""
-    return {"pid": os.getpid(), "cpu_s": cpu_seconds(),
+    """What every actor's `info()` answers a health probe with: its process, CPU, niceness and
+    node."""
+    return {"pid": os.getpid(), "cpu_s": cpu_seconds(), "nice": os.nice(0),
             "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None}
 
 
+NICE_ENV = "RAYLIGN_NICE"  # niceness an actor adds to its process (`<role>.nice`)
+
+
+def nice_options(nice: int) -> dict:
+    """Ray actor options that make the actor add `nice` to its process's niceness."""
+    return {"runtime_env": {"env_vars": {NICE_ENV: str(nice)}}} if nice else {}
+
+
 def use_assigned_cpus() -> int | None:
-    """Inside a Ray actor: torch threads = the CPUs Ray assigned it (at least 1). Ray may hand
-    an actor a worker process it started for other work, whose thread count would otherwise
-    stay, and floating-point results depend on the thread count. None outside an actor."""
+    """Inside a Ray actor: torch threads = the CPUs Ray assigned it (at least 1), and the
+    role's niceness (RAYLIGN_NICE, from `nice_options`) added to the process's, so that where
+    roles share cores the ones with a lower niceness (the learner) get more of them. Ray may
+    hand an actor a worker process it started for other work, whose thread count would
+    otherwise stay, and floating-point results depend on the thread count. None outside an
+    actor."""
     if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
         return None
     import torch
+
+    nice = int(os.environ.get(NICE_ENV, "0"))
+    if nice:
+        os.nice(nice)  # 19 at most; raising niceness needs no privilege
 
     threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 0)))
     torch.set_num_threads(threads)

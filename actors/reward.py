@@ -23,7 +23,7 @@ import ray
 import torch
 from ray.exceptions import RayError
 
-from actors.fleet import ActorGroup, Member, process_info, use_assigned_cpus
+from actors.fleet import ActorGroup, Member, nice_options, process_info, use_assigned_cpus
 from actors.records import Sample, ScoredSample
 from actors.scoring import RewardScorer, load_callable
 from learner.ensemble import aggregate
@@ -114,6 +114,7 @@ class Combiner:
     """Runs `combine_scores` for the pool, one batch at a time, in one process."""
 
     def __init__(self) -> None:
+        use_assigned_cpus()  # the reward role's niceness
         torch.set_num_threads(1)
 
     def combine(self, samples: list[Sample], *member_scores: list[float],
@@ -142,11 +143,12 @@ class RewardPool:
     """K member groups (replicas scale together) and the batches being scored.
 
     make_member(k, name) starts one actor of member k; combine: keyword arguments of
-    `combine_scores`; on_failure(member, error) hears of every failed member call.
+    `combine_scores`; on_failure(member, error) hears of every failed member call; nice: the
+    combiner's niceness (the members': `make_member`).
     """
 
     def __init__(self, k: int, make_member: Callable[[int, str], Any], combine: dict,
-                 on_failure: Callable[[Member, Exception], None]) -> None:
+                 on_failure: Callable[[Member, Exception], None], nice: int = 0) -> None:
         self.groups = [ActorGroup(f"reward{i}", lambda name, i=i: make_member(i, name))
                        for i in range(k)]
         self.combine_kw = combine
@@ -155,7 +157,7 @@ class RewardPool:
         # CPU count) after a second, so with many actors each combine would start a new
         # process that imports torch again (seconds of CPU per batch).
         self.combiner = ray.remote(Combiner).options(
-            num_cpus=0, max_restarts=-1, max_task_retries=-1).remote()
+            num_cpus=0, max_restarts=-1, max_task_retries=-1, **nice_options(nice)).remote()
         self.queued: list[tuple[Any, ray.ObjectRef, dict | None]] = []  # waiting for replicas
         self.jobs: dict[ray.ObjectRef, _Job] = {}  # combine ref -> its job
         self.blocked_since: float | None = None  # batches wait: a member has no ready replica

@@ -16,7 +16,7 @@ import ray
 from tqdm import tqdm
 
 from actors import storage
-from actors.fleet import ActorGroup, Member
+from actors.fleet import ActorGroup, Member, nice_options
 from actors.learner import LearnerActor
 from actors.reward import RewardMember, RewardPool, RewardSpec
 from actors.rollout import RolloutWorker
@@ -24,6 +24,7 @@ from actors.scoring import pad_token_id
 from services.config import ConfigError, Placement, RunConfig
 from services.control import start_controller
 from services.errors import RunFailed
+from services.evaluation import HeldOut
 from services.metrics import Metrics
 from services.tasks.base import Task
 
@@ -48,6 +49,7 @@ def remote(cls, res: Placement, name: str, namespace: str):
     return ray.remote(cls).options(
         num_cpus=res.num_cpus, num_gpus=res.num_gpus, resources=res.resources or None,
         max_restarts=res.max_restarts, max_task_retries=0, name=name, namespace=namespace,
+        **nice_options(res.nice),
     )
 
 
@@ -61,20 +63,18 @@ class Fleet:
     task: Task
     learner_kwargs: dict
     controller: ray.actor.ActorHandle
-    eval_texts: list[list[int]]  # held-out texts as "<s> text </s>" token ids (drift)
+    heldout: HeldOut  # what every evaluation measures (drift; gold on held-out prompts)
 
     @classmethod
     def start(cls, cfg: RunConfig, task: Task) -> Fleet:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(task.tokenizer_dir)
-        eval_texts = [(tokenizer(t)["input_ids"] + [tokenizer.eos_token_id])
-                      [: tokenizer.model_max_length]
-                      for t in task.heldout_texts[: cfg.learner.eval_texts]]
+        heldout = HeldOut.build(cfg, task, tokenizer, gold_scorer(cfg, task))
         controller = start_controller(
             {"rollout": cfg.rollout.replicas, "reward": cfg.reward.replicas},
             cfg.cluster.namespace)
-        return cls(cfg, task, learner_args(cfg, task, tokenizer), controller, eval_texts)
+        return cls(cfg, task, learner_args(cfg, task, tokenizer), controller, heldout)
 
     def learners(self) -> ActorGroup:
         """The learner: one actor (`learner-0`; a replacement is `learner-1`, ...)."""
@@ -99,7 +99,8 @@ class Fleet:
         specs = reward_specs(self.cfg, self.task)
         return RewardPool(len(specs), lambda k, name: remote(
             RewardMember, rc, f"{self.cfg.name}:{name}", self.cfg.cluster.namespace).remote(
-                k, specs[k], rc.batch_size), combine_options(self.cfg, self.task), on_failure)
+                k, specs[k], rc.batch_size), combine_options(self.cfg, self.task), on_failure,
+            nice=rc.nice)
 
 
 def learner_args(cfg: RunConfig, task: Task, tokenizer) -> dict:
@@ -122,11 +123,16 @@ def reward_specs(cfg: RunConfig, task: Task) -> list[RewardSpec]:
     return specs[: cfg.reward.members or len(specs)]
 
 
+def gold_scorer(cfg: RunConfig, task: Task) -> str | None:
+    """The reward function marked gold, else the task's gold scorer (None: neither)."""
+    return next((f.ref for f in cfg.reward.functions if f.gold), task.gold)
+
+
 def combine_options(cfg: RunConfig, task: Task) -> dict:
     """Keyword arguments of `actors.reward.combine_scores` for this run; the gold scorer is
     the reward function marked gold, else the task's."""
     rc = cfg.reward
-    gold = next((f.ref for f in rc.functions if f.gold), task.gold)
+    gold = gold_scorer(cfg, task)
     if rc.gold_in_reward and gold is None:
         raise RunFailed(f"reward.gold_in_reward: task {task.name} has no gold scorer")
     return {"aggregation": rc.aggregation, "uwo_lambda": rc.uwo_lambda, "ddof": rc.ddof,

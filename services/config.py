@@ -59,6 +59,9 @@ class Placement:
         3, ge=0, description="new actors started in place of ones that failed "
         "checkpoint.max_actor_failures times in a row or hung past a deadline (0 = the run "
         "stops instead)")
+    nice: int = Field(0, ge=0, le=19, description="niceness added to the role's actor "
+                      "processes: where roles share a node's cores, the roles with less get "
+                      "more CPU under contention (no effect on a node of its own)")
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -130,6 +133,9 @@ class PolicyConfig(Strict):
 
 @dataclass(frozen=True, config=STRICT)
 class RolloutConfig(Resources):
+    nice: int = Field(4, ge=0, le=19, description="niceness added to the rollout workers' "
+                      "processes: where they share a node's cores with the learner (nice 0), "
+                      "the learner gets more CPU under contention")
     engine: Literal["auto", "hf", "vllm"] = Field(
         "auto", description="auto = vllm if importable, else hf (transformers)"
     )
@@ -166,6 +172,8 @@ class RewardFunction:
 
 @dataclass(frozen=True, config=STRICT)
 class RewardConfig(Resources):
+    nice: int = Field(4, ge=0, le=19, description="niceness added to the reward members' (and "
+                      "the combiner's) processes, as rollout.nice")
     aggregation: Literal["mean", "min", "uwo", "single"] = Field(
         "mean", description="mean | min (worst case) | uwo (mean - lambda*var) | single (member 0)"
     )
@@ -202,6 +210,10 @@ class LearnerConfig(Placement, PPOSettings):
         5, ge=0, description="steps between drift evaluations on held-out text (0 = off)"
     )
     eval_texts: int = Field(64, ge=1, description="held-out corpus texts per drift evaluation")
+    eval_prompts: int = Field(
+        0, ge=0, description="held-out prompts (the task's eval prompts, stratified by first "
+        "word) the policy completes at every drift evaluation, scored by the gold scorer: "
+        "eval/gold, the same policy as the drift (0 = off)")
     soup_weights: list[float] | None = Field(
         None, description="weights of the SFT models in the soup, summing to 1 (None = "
         "uniform)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from actors.fleet import ActorGroup, Member
+from actors.fleet import ActorGroup, Member, process_info, use_assigned_cpus
 
 
 def test_a_new_pid_is_a_restart_once():
@@ -42,3 +42,23 @@ def test_probes_skip_busy_probing_and_backing_off_members():
     assert group.due_for_probe(1.0) == [c]
     group.scale_to(2)  # c drains: it is about to be killed, not probed
     assert c.draining and group.due_for_probe(1.0) == []
+
+
+class Probe:
+    def __init__(self) -> None:
+        use_assigned_cpus()
+
+    def info(self) -> dict:
+        return process_info()
+
+
+def test_a_roles_nice_is_added_to_its_actors_processes(ray_session):
+    from services.bootstrap import remote
+    from services.config import Placement
+
+    def nice(placement, name):
+        actor = remote(Probe, placement, name, "raylign-test-nice").remote()
+        return ray_session.get(actor.info.remote())["nice"]
+
+    base = nice(Placement(num_cpus=0), "plain")  # Ray's worker niceness
+    assert base < 19 and nice(Placement(num_cpus=0, nice=2), "niced") == base + 2
