@@ -11,7 +11,7 @@ import torch
 
 from actors import storage
 from actors.fleet import cpu_seconds, process_info, use_assigned_cpus
-from actors.records import Sample, ScoredSample, StepStats
+from actors.records import Sample, Sampling, ScoredSample, StepStats
 from learner.settings import LoraSettings, PPOSettings
 from learner.soup import average_state_dicts
 from learner.trainer import PPOTrainer, RolloutBatch
@@ -108,6 +108,46 @@ class LearnerActor:
             logp = self.trainer.compute_logprobs(batch, which)
             out[f"drift/ppl_{which}"] = float(torch.exp(-logp.sum() / n))
         return out
+
+    @torch.no_grad()
+    def kl_to_init(self, prompts: list[list[int]], responses: list[list[int]]) -> list[float]:
+        """Per completion, sum_t log pi(y_t | .) - log pi_init(y_t | .) over its response
+        tokens: with completions sampled from the policy, the k1 estimate of KL(pi || init)."""
+        items = [ScoredSample(Sample(i, list(p), list(r), [0.0] * len(r), self.trainer.version,
+                                     "eval"), (0.0,), 0.0)
+                 for i, (p, r) in enumerate(zip(prompts, responses)) if r]
+        out = [0.0] * len(prompts)  # an empty completion has no tokens: 0
+        if items:
+            batch = RolloutBatch.from_samples(items, self.pad_token_id)
+            gap = (self.trainer.compute_logprobs(batch, "policy")
+                   - self.trainer.compute_logprobs(batch, "init")) * batch.response_mask
+            for item, kl in zip(items, gap.sum(-1).tolist()):
+                out[item.sample.prompt_id] = kl
+        return out
+
+    @torch.no_grad()
+    def sample(self, prompts: list[list[int]], sampling: Sampling, seed: int) -> list[list[int]]:
+        """One completion (token ids, EOS cut off) per prompt from the current policy, with the
+        rollout's sampling and the same random stream at every call (the run's RNG is left as
+        it was): held-out evaluation, where every eval point sees the same draws."""
+        policy, pad = self.trainer.policy, self.pad_token_id
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            out = policy.generate(input_ids=ids, attention_mask=mask, do_sample=True,
+                                  max_new_tokens=sampling.max_new_tokens,
+                                  temperature=sampling.temperature,
+                                  top_k=sampling.top_k or None, top_p=sampling.top_p,
+                                  pad_token_id=pad)
+        eos = policy.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos])
+        responses = []
+        for row in out[:, width:].tolist():
+            end = next((i for i, t in enumerate(row) if t in eos), len(row))
+            responses.append(row[:end])
+        return responses
 
     def save(self, dest: str) -> dict[str, str] | None:
         """Write the state at `dest`: a local path (None returned), or a URI (written to a

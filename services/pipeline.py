@@ -63,7 +63,7 @@ class Driver(Recovery):
                                  self.deadlines.publish_s)
         self.rollout: ActorGroup = fleet.rollout(on_start=self.weights.send_to)
         self.rewards = fleet.rewards(on_failure=lambda m, e: self.health.failed(m, "reward", e))
-        self.eval_texts = fleet.eval_texts
+        self.heldout = fleet.heldout
         self.state = DriverState()
         self.reissue: list[int] = []  # prompt ids to hand out again before new ones
         self.gens: dict[ray.ObjectRef, Gen] = {}
@@ -250,7 +250,7 @@ class Driver(Recovery):
             every = self.cfg.learner.eval_every
             if every and stats.step % every == 0:
                 with self.report.phase("evaluate"):
-                    extra.update(self._get(self.learner.evaluate.remote(self.eval_texts)))
+                    extra.update(self.heldout.evaluate(self.learner, self._get))
         self.report.step(stats, batch, extra)
         return stats
 

@@ -60,6 +60,27 @@ def _permutation(n: int, seed: int, epoch: int) -> tuple[int, ...]:
     return tuple(order)
 
 
+def stratified(prompts: list[str], n: int, seed: int = 0) -> list[str]:
+    """`n` prompts spread over prompt types (the first word, case-folded): types in sorted
+    order, one prompt of each in turn, each type's prompts in an order fixed by `seed`.
+    The same list for every run and arm (a fixed held-out set)."""
+    groups: dict[str, list[str]] = {}
+    for text in prompts:
+        groups.setdefault((text.split() or [""])[0].casefold(), []).append(text)
+    rng = random.Random(seed)
+    queues = []
+    for key in sorted(groups):
+        group = sorted(groups[key])
+        rng.shuffle(group)
+        queues.append(group)
+    out: list[str] = []
+    while len(out) < n and any(queues):
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop(0))
+    return out
+
+
 @dataclass(frozen=True)
 class Task:
     """Everything the driver and the actors read of a task."""

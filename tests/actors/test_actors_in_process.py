@@ -8,6 +8,7 @@ import math
 import os
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from actors.learner import LearnerActor
@@ -73,6 +74,16 @@ def test_learner_actor_steps_publishes_once_and_keeps_one_version(ray_session, m
     assert again.load(str(tmp_path / "l")) == 1
     drift = learner.evaluate([[1, 5, 6, 7, 2], [1, 8, 9, 2]])
     assert drift["drift/ppl_policy"] > 1 and drift["drift/ppl_init"] > 1
+    # held-out completions: the same draws at every call, the run's RNG left as it was
+    rng = torch.get_rng_state()
+    held_out = learner.sample([[1, 5, 6], [1, 7]], SAMPLING, seed=3)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert learner.sample([[1, 5, 6], [1, 7]], SAMPLING, seed=3) == held_out
+    assert len(held_out) == 2 and all(len(r) <= SAMPLING.max_new_tokens for r in held_out)
+    fresh = LearnerActor(PPOSettings(minibatch_size=4), dirs[0], dirs, pad_token_id=0)
+    assert fresh.kl_to_init([[1, 5, 6], [1, 7]], [[8, 9], []]) == [0.0, 0.0]  # policy = init
+    kl = learner.kl_to_init([[1, 5, 6], [1, 7]], [[8, 9], []])
+    assert kl[0] != 0.0 and kl[1] == 0.0  # one step away from init; no tokens, no KL
 
 
 class FlakyMember:

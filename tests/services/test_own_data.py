@@ -59,12 +59,23 @@ def test_too_long_prompts_are_dropped_and_counted(ray_session, micro_world, tmp_
 def test_a_gold_function_is_logged_not_trained_on(ray_session, micro_world, tmp_path):
     from services.bootstrap import train
 
-    cfg = own(tmp_path, micro_world, "learner.steps=1", "learner.eval_every=0",
+    cfg = own(tmp_path, micro_world, "learner.steps=1", "learner.eval_every=1",
+              "learner.eval_prompts=4",
               "reward.functions=[{path: examples/own_data/rewards.py, name: score}, "
               "{path: services.tasks.gold:gold_score, gold: true}]")
     train(cfg)
     row = json.loads((cfg.path / "metrics.jsonl").read_text().splitlines()[0])
     assert math.isfinite(row["reward/gold"]) and "reward/member1" not in row
+    assert math.isfinite(row["eval/gold"])  # held-out prompts, scored by the gold function
+
+
+def test_held_out_gold_needs_a_gold_scorer(ray_session, micro_world, tmp_path):
+    from services.bootstrap import train
+    from services.errors import RunFailed
+
+    cfg = own(tmp_path, micro_world, "learner.steps=1", "learner.eval_prompts=4")
+    with pytest.raises(RunFailed, match="learner.eval_prompts=4: task .* has no gold scorer"):
+        train(cfg)
 
 
 def test_bad_functions_fail_before_anything_starts(micro_world, tmp_path):

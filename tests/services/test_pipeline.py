@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def rows(cfg) -> list[dict]:
 
 
 def test_train_end_to_end(ray_session, micro_world, tmp_path):
-    cfg = micro(tmp_path, "learner.steps=6")
+    cfg = micro(tmp_path, "learner.steps=6", "learner.eval_every=3", "learner.eval_prompts=8")
     summary = train(cfg)
     assert summary["steps"] == 6 and not summary["interrupted"]
     ledger = summary["ledger"]
@@ -55,6 +56,11 @@ def test_train_end_to_end(ray_session, micro_world, tmp_path):
             assert r[key] == r[key], key  # finite, not NaN
         assert r["rollout/staleness_max"] <= cfg.rollout.max_staleness
         assert r["cpu/learner_process_s"] > 0
+        evaluated = r["step"] % 3 == 0  # drift and held-out gold of the same version
+        assert ("drift/ppl_policy" in r) == evaluated and ("eval/gold" in r) == evaluated
+        if evaluated:
+            assert -1 <= r["eval/gold"] <= 1 and 0 < r["eval/response_tokens"] <= 24
+            assert math.isfinite(r["eval/kl_init"])
     for name in ("rewards.png", "rollout.png", "report.md", "summary.json"):
         assert (cfg.path / name).is_file(), name
     assert latest_valid(cfg.path) is not None

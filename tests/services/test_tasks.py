@@ -34,3 +34,17 @@ def test_an_id_means_the_same_text_in_any_order_of_asking():
 def test_no_prompts_is_an_error():
     with pytest.raises(ValueError, match="no training prompts"):
         PromptStream((), seed=0)
+
+
+def test_stratified_takes_every_type_in_turn_in_a_fixed_order():
+    from services.tasks.base import stratified
+
+    prompts = ["I liked it and", "I hated it and", "My kid said", "The plot was", "The end",
+               "the cast", "My dog"]
+    picked = stratified(prompts, 5)
+    # types in sorted order: "i", "my", "the"; one of each, then the next round
+    assert [p.split()[0].casefold() for p in picked] == ["i", "my", "the", "i", "my"]
+    assert len(set(picked)) == 5 and picked == stratified(list(reversed(prompts)), 5)
+    assert stratified(prompts, 100) == stratified(prompts, 7) and len(stratified(prompts, 100)) == 7
+    assert stratified(prompts, 0) == [] and stratified([], 3) == []
+    assert len({tuple(stratified(prompts, 7, seed=k)) for k in range(10)}) > 1  # seeded order

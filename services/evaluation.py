@@ -1,0 +1,59 @@
+"""Held-out evaluation at every `learner.eval_every` steps, of one policy version: drift
+(perplexity of the policy and of the initial model on held-out corpus text) and, with
+`learner.eval_prompts`, gold and KL to the initial model (k1, summed over each completion's
+tokens) on held-out prompts: a fixed, stratified set, one completion each from the learner's
+policy with the rollout's sampling and the same random draws every time."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from actors.records import Sampling
+from actors.scoring import load_callable
+from services.config import RunConfig
+from services.errors import RunFailed
+from services.tasks.base import Task, stratified
+
+EVAL_SEED = 1234  # the held-out draws: the same for every eval point, seed and arm
+
+
+@dataclass
+class HeldOut:
+    texts: list[list[int]]  # "<s> text </s>" token ids (drift)
+    prompts: list[str]  # held-out prompts ([] = no gold evaluation)
+    prompt_ids: list[list[int]]
+    sampling: Sampling
+    gold: str | None  # "module:callable" (prompts, completions, labels)
+    decode: Callable[[list[int]], str]
+
+    @classmethod
+    def build(cls, cfg: RunConfig, task: Task, tokenizer, gold: str | None) -> HeldOut:
+        texts = [(tokenizer(t)["input_ids"] + [tokenizer.eos_token_id])
+                 [: tokenizer.model_max_length]
+                 for t in task.heldout_texts[: cfg.learner.eval_texts]]
+        prompts = stratified(task.eval_prompts, cfg.learner.eval_prompts)
+        if prompts and gold is None:
+            raise RunFailed(f"learner.eval_prompts={cfg.learner.eval_prompts}: task {task.name} "
+                            "has no gold scorer (nor a reward function with gold: true)")
+        if cfg.learner.eval_prompts and not prompts:
+            raise RunFailed(f"learner.eval_prompts={cfg.learner.eval_prompts}: task "
+                            f"{task.name} has no eval prompts")
+        return cls(texts, prompts, [tokenizer(p)["input_ids"] for p in prompts],
+                   cfg.rollout.sampling, gold,
+                   lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+
+    def evaluate(self, learner, get: Callable) -> dict[str, float]:
+        """Drift, then (same version: the learner runs one call at a time) held-out gold."""
+        out = dict(get(learner.evaluate.remote(self.texts)))
+        if not self.prompts:
+            return out
+        responses = get(learner.sample.remote(self.prompt_ids, self.sampling, EVAL_SEED))
+        kl = get(learner.kl_to_init.remote(self.prompt_ids, responses))
+        texts = [self.decode(r) for r in responses]
+        golds = load_callable(self.gold)(self.prompts, texts, [None] * len(texts))
+        out["eval/gold"] = statistics.fmean(float(g) for g in golds)
+        out["eval/kl_init"] = statistics.fmean(kl)
+        out["eval/response_tokens"] = statistics.fmean(len(r) for r in responses)
+        return out
