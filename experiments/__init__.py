@@ -54,7 +54,7 @@ def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None,
 
     mod = module(name)
     out = Path(out) if out is not None else DEFAULT_OUT
-    seeds = seeds if seeds is not None else (1 if quick else 3)
+    seeds = seeds if seeds is not None else (1 if quick else getattr(mod, "SEEDS", 3))
     runs = Path(runs) if runs is not None else Path("runs") / "experiments" / (
         f"{name}-quick" if quick else name)
     ctx = Ctx(name=name, quick=quick, seeds=seeds, out=out, runs=runs.resolve())

@@ -166,6 +166,37 @@ def eval_points(rows: list[dict], every: int) -> list[dict]:
     return pts
 
 
+def heldout_points(rows: list[dict], every: int) -> list[dict]:
+    """One point per held-out evaluation (`learner.eval_prompts`): gold and KL to init of the
+    same policy on the fixed held-out prompts (d = sqrt(max(KL, 0))), with the training proxy
+    averaged over the `every` steps ending there."""
+    return [{"step": step, "gold": gold, "kl": kl, "d": math.sqrt(max(kl, 0.0)),
+             "proxy": window_mean(rows, "reward/proxy", step, every)}
+            for (step, gold), (_, kl) in zip(series(rows, "eval/gold"),
+                                             series(rows, "eval/kl_init"), strict=True)]
+
+
+FORMS = {  # R(d) through the origin: the features of each functional form (least squares)
+    "rl": lambda d: [d, -d * math.log(d) if d > 0 else 0.0],  # Gao et al.'s RL form
+    "bon": lambda d: [d, -d * d],  # Gao et al.'s best-of-n form
+    "linear": lambda d: [d],
+}
+
+
+def loso_errors(per_seed: list[tuple[list[float], list[float]]], form: str) -> list[float]:
+    """Leave-one-seed-out mean squared error of a functional form: fit on the other seeds'
+    (d, gain) points, predict the left-out seed's; one error per seed."""
+    feats = FORMS[form]
+    errs = []
+    for i, (d_out, y_out) in enumerate(per_seed):
+        d = [x for j, (ds, _) in enumerate(per_seed) if j != i for x in ds]
+        y = [x for j, (_, ys) in enumerate(per_seed) if j != i for x in ys]
+        coef, _ = least_squares([feats(x) for x in d], y)
+        pred = [sum(c * f for c, f in zip(coef, feats(x))) for x in d_out]
+        errs.append(statistics.fmean((a - b) ** 2 for a, b in zip(pred, y_out)))
+    return errs
+
+
 def mean_se(xs: Sequence[float]) -> tuple[float, float]:
     xs = [x for x in xs if x == x]
     if not xs:
@@ -267,19 +298,21 @@ def dominated_share(points: list[tuple[float, float]], others: list[tuple[float,
 
 
 def bon_samples(ctx: Ctx, n_prompts: int, n_per_prompt: int, seed: int = 0) -> dict:
-    """N completions per held-out prompt from SFT model 0, scored by every proxy member and by
-    gold. {"prompts", "member": [K][P][N], "gold": [P][N]}; cached under ctx.runs."""
+    """N completions per held-out prompt (the first `n_prompts` of the stratified held-out set
+    that runs evaluate on: `learner.eval_prompts`) from SFT model 0, scored by every proxy
+    member and by gold. {"prompts", "member": [K][P][N], "gold": [P][N]}; cached under ctx.runs."""
     import torch
 
+    from services.tasks.base import stratified
     from services.tasks.models import sample_completions
     from services.tasks.tiny_world import RewardScorer, gold_score, load_policy
 
     w = world(ctx)
-    cache = ctx.runs / f"bon-{w.root.name}-{n_prompts}x{n_per_prompt}-s{seed}.json"
+    cache = ctx.runs / f"bon-{w.root.name}-strat{n_prompts}x{n_per_prompt}-s{seed}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
     cfg = load_cfg(ctx, [])
-    prompts = w.eval_prompts[:n_prompts]
+    prompts = stratified(w.eval_prompts, n_prompts)  # the runs' held-out set (eval/gold)
     model, tok = load_policy(w.sft_dirs[0])
     torch.manual_seed(seed)
     flat = [p for p in prompts for _ in range(n_per_prompt)]

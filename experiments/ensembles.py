@@ -1,20 +1,25 @@
-"""Reward-model ensembles (Coste et al. 2023): single vs mean vs WCO (min) vs UWO.
+"""Reward-model ensembles (Coste et al. 2023): a single proxy vs WCO (min) vs UWO.
 
-PPO arms: aggregation single | mean | min | uwo (lambda 0.1, ddof 1, as Coste et al. used for
-PPO) x KL beta in {0, 0.01}, all K members of the tiny world. For each arm: gold at the end
-(mean of the last 3 steps' batch gold), gold at its peak (3-step average), and the step where
-the seed-mean gold curve peaks (where over-optimisation starts; "none" if it peaks at the end).
-Best-of-n: the same SFT samples as `overopt` (held-out prompts, N per prompt), proxy =
-member 0 | mean | min | uwo lambda 0.1 | uwo lambda 0.5 (ddof 0, as in their BoN code), gold of
-the proxy-best of n by the order-statistics estimator, re-centred on n = 1.
+Design (written before the run):
+- Check first (a minute, no training): does the minimum over the K members still prefer the
+  world's spam probe (a string of praise words, gold 0) to a fluent positive review? If it
+  does, every member shares the exploit and no aggregation of them can remove it: then the
+  members' diversity, not the aggregation, is what limits this experiment (a world recipe
+  change), and the result says so.
+- PPO, β = 0, 50 steps of 32 samples, 4 seeds (each its own prompt order, the same for every
+  arm). Arms: single = one member as the proxy, member (seed mod K), so that over the seeds
+  "single" is the average over single members, not member 0; min (WCO); uwo with λ = 0.1,
+  ddof 1 (Coste et al.'s PPO setting). Held-out gold (`learner.eval_prompts` = 32 stratified
+  prompts) every 5 steps.
+- Endpoint: held-out gold averaged over the eval points in the last 10 steps, paired by seed.
+- Best-of-n on the same held-out prompts (256 SFT samples each): single = the mean over the
+  K single members of each member's best-of-256 gold; min; uwo (λ 0.5, ddof 0, their BoN
+  setting); per-prompt differences, bootstrap over prompts.
 
-Verdict rules (fixed before running):
-- PPO: "held" if min and uwo both end with higher gold than single at beta 0 with the
-  bootstrap 95% CI of the difference above 0; "partly" if at least one point estimate is
-  higher; else "not reproduced".
-- BoN: "held" if min or uwo(0.5) has higher gold than single at the largest n with a paired
-  bootstrap CI over prompts above 0; "partly" if a point estimate is higher; else "not
-  reproduced".
+Verdict rules (`experiments.common.verdict`, smallest effect of interest 0.03 gold):
+- PPO: the paired t-interval over seeds of (aggregate − single) endpoint gold, for min and for
+  uwo: held if held for both; refuted if refuted for both; otherwise inconclusive.
+- BoN: the same rule on (aggregate − single) at n = 256, intervals over prompts.
 """
 
 from __future__ import annotations
@@ -28,20 +33,23 @@ from experiments.common import (
     bon_curve,
     bon_samples,
     bootstrap_ci,
-    bootstrap_diff_ci,
     fmt,
     fmt_ci,
+    heldout_points,
     mean_se,
+    paired_t_ci,
     pyplot,
-    run_arms,
+    run_arm,
     save_fig,
-    smooth,
+    seed_rows,
+    verdict,
+    world,
 )
 
 TITLE = "Reward-model ensembles (Coste et al. 2023)"
 CLAIM = {
-    "claim": "Ensembles (WCO = min, UWO = mean − λ·var) mitigate over-optimisation and end "
-             "with higher gold than a single RM in PPO",
+    "claim": "Ensembles (WCO = min, UWO = mean − λ·var) end PPO with more held-out gold than a "
+             "single RM",
     "paper": "Coste et al.: WCO/UWO eliminate over-optimisation in PPO (with a small KL "
              "penalty, at no cost); 5 members, 1.3B policy, 44M RMs",
 }
@@ -49,119 +57,127 @@ CLAIM_BON = {
     "claim": "Ensembles improve best-of-n gold over a single RM",
     "paper": "Coste et al.: up to 70% more gold with BoN (ensembles vs single RM)",
 }
-AGGS = {"single": ["reward.aggregation=single"], "mean": ["reward.aggregation=mean"],
-        "min": ["reward.aggregation=min"],
-        "uwo0.1": ["reward.aggregation=uwo", "reward.uwo_lambda=0.1", "reward.ddof=1"]}
-BETAS = ("0", "0.01")
-BON_AGGS = {"single": ("single", 0.0), "mean": ("mean", 0.0), "min": ("min", 0.0),
-            "uwo0.1": ("uwo", 0.1), "uwo0.5": ("uwo", 0.5)}
+SEEDS = 4
+EFFECT = 0.03  # gold: the smallest effect of interest
+AGGS = {"min": ["reward.aggregation=min"],
+        "uwo": ["reward.aggregation=uwo", "reward.uwo_lambda=0.1", "reward.ddof=1"]}
+BON_AGGS = {"min": ("min", 0.0), "uwo": ("uwo", 0.5)}
 
 
 def sizes(ctx: Ctx) -> dict:
-    return {"steps": ctx.size(3, 25), "samples_per_step": ctx.size(16, 32),
-            "minibatch_size": ctx.size(8, 16), "lr": 1e-4,
+    return {"steps": ctx.size(4, 50), "samples_per_step": ctx.size(16, 32),
+            "minibatch_size": ctx.size(8, 16), "lr": 1e-4, "eval_every": ctx.size(2, 5),
+            "eval_prompts": ctx.size(8, 32), "endpoint_steps": ctx.size(4, 10),
             "bon_prompts": ctx.size(4, 32), "bon_n": ctx.size(16, 256)}
 
 
-def arms(z: dict) -> dict[str, list[str]]:
-    common = [f"learner.steps={z['steps']}", f"learner.samples_per_step={z['samples_per_step']}",
-              f"learner.minibatch_size={z['minibatch_size']}", f"learner.lr={z['lr']}",
-              "learner.eval_every=0"]
-    return {f"{agg}_b{b}": [*common, *extra,
-                            f"learner.kl.coef={b}"]
-            for b in BETAS for agg, extra in AGGS.items()}
+def spam_check(ctx: Ctx) -> dict:
+    """Each member's score of the spam probe and of a fluent review, and their minimum."""
+    from services.tasks.tiny_world import FLUENT, PROBE_PROMPT, SPAM, RewardScorer
 
-
-def summarise(runs: list[list[dict]]) -> dict:
-    golds = [[r["reward/gold"] for r in rows] for rows in runs]
-    n = min(map(len, golds))
-    mean_curve = smooth([statistics.fmean(g[i] for g in golds) for i in range(n)])
-    peak = max(range(n), key=lambda i: mean_curve[i])
-    k = min(3, n)
-    return {"final": [statistics.fmean(g[n - k:n]) for g in golds],
-            "peak": [max(smooth(g[:n])) for g in golds],
-            "peak_step": peak + 1, "steps": n, "curve": mean_curve,
-            "final_kl": [statistics.fmean(r["kl/init_k1"] for r in rows[n - k:n])
-                         for rows in runs]}
-
-
-def paired_ci(a: list[float], b: list[float]) -> tuple[float, float]:
-    """Bootstrap 95% CI of the mean paired difference a - b (here: over prompts)."""
-    return bootstrap_ci([x - y for x, y in zip(a, b)])
+    w = world(ctx)
+    scores = [RewardScorer(d).score([PROBE_PROMPT] * 2, [SPAM, FLUENT]) for d in w.rm_dirs]
+    spam, fluent = [s[0] for s in scores], [s[1] for s in scores]
+    return {"spam": spam, "fluent": fluent, "min_spam": min(spam), "min_fluent": min(fluent),
+            "min_prefers_spam": min(spam) > min(fluent),
+            "members_preferring_spam": sum(a > b for a, b in zip(spam, fluent))}
 
 
 def run(ctx: Ctx) -> dict:
     z = sizes(ctx)
-    runs = run_arms(ctx, arms(z))
-    summ = {a: summarise(r) for a, r in runs.items()}
+    check = spam_check(ctx)
+    rm_dirs = world(ctx).rm_dirs
+    k = len(rm_dirs)
+    common = [f"learner.steps={z['steps']}", f"learner.samples_per_step={z['samples_per_step']}",
+              f"learner.minibatch_size={z['minibatch_size']}", f"learner.lr={z['lr']}",
+              "learner.kl.coef=0", f"learner.eval_every={z['eval_every']}",
+              f"learner.eval_prompts={z['eval_prompts']}"]
+    runs: dict[str, list[list[dict]]] = {"single": [], **{a: [] for a in AGGS}}
+    for seed in range(ctx.seeds):  # seeds outermost: a cut-short run has every arm
+        member = f"reward.model_dirs=[{rm_dirs[seed % k]}]"  # single: member (seed mod K)
+        runs["single"].append(run_arm(ctx, "single", seed,
+                                      [*common, "reward.aggregation=single", member]))
+        for arm, extra in AGGS.items():
+            runs[arm].append(run_arm(ctx, arm, seed, [*common, *extra]))
+
+    def endpoint(rows: list[dict]) -> float:
+        pts = [p for p in heldout_points(rows, z["eval_every"])
+               if p["step"] > z["steps"] - z["endpoint_steps"]]
+        return statistics.fmean(p["gold"] for p in pts) if pts else math.nan
+
+    ends = {arm: [endpoint(r) for r in rs] for arm, rs in runs.items()}
+    ppo_ci = {a: paired_t_ci(ends[a], ends["single"]) for a in AGGS}
+    ppo_v = {a: verdict(ci, EFFECT) for a, ci in ppo_ci.items()}
+    v1 = _both(ppo_v)
 
     bon = bon_samples(ctx, z["bon_prompts"], z["bon_n"])
     ns = [2**i for i in range(int(math.log2(z["bon_n"])) + 1)]
-    curves = {}
+    singles = [bon_curve(bon["member"][m], bon["gold"], ns) for m in range(k)]
+    single_last = [statistics.fmean(c["per_prompt_gold"][p][-1] for c in singles)
+                   for p in range(len(bon["gold"]))]
+    curves = {"single (mean of members)": {
+        "n": ns, "gold": [statistics.fmean(c["gold"][i] for c in singles)
+                          for i in range(len(ns))]}}
+    bon_ci = {}
     for name, (how, lam) in BON_AGGS.items():
-        proxy = aggregate_scores(bon["member"], how, uwo_lambda=lam, ddof=0)
-        curves[name] = bon_curve(proxy, bon["gold"], ns)
-    last = {a: [row[-1] - row[0] for row in c["per_prompt_gold"]] for a, c in curves.items()}
-    bon_ci = {a: paired_ci(last[a], last["single"]) for a in BON_AGGS if a != "single"}
+        c = bon_curve(aggregate_scores(bon["member"], how, uwo_lambda=lam, ddof=0), bon["gold"],
+                      ns)
+        last = [row[-1] for row in c.pop("per_prompt_gold")]
+        bon_ci[name] = bootstrap_ci([a - b for a, b in zip(last, single_last)])
+        curves[name] = {"n": ns, "gold": c["gold"]}
+    bon_v = {a: verdict(ci, EFFECT) for a, ci in bon_ci.items()}
+    v2 = _both(bon_v)
 
-    d_ppo = {a: bootstrap_diff_ci(summ[f"{a}_b0"]["final"], summ["single_b0"]["final"])
-             for a in ("min", "uwo0.1", "mean")}
-    higher = [statistics.fmean(summ[f"{a}_b0"]["final"]) > statistics.fmean(
-        summ["single_b0"]["final"]) for a in ("min", "uwo0.1")]
-    v1 = ("held" if d_ppo["min"][0] > 0 and d_ppo["uwo0.1"][0] > 0
-          else "partly" if any(higher) else "not reproduced")
-    bon_higher = [curves[a]["gold"][-1] > curves["single"]["gold"][-1] for a in ("min", "uwo0.5")]
-    v2 = ("held" if bon_ci["min"][0] > 0 or bon_ci["uwo0.5"][0] > 0
-          else "partly" if any(bon_higher) else "not reproduced")
-
-    setting = (f"{ctx.label}, {ctx.seeds} seeds × "
-               f"{z['steps']} steps × {z['samples_per_step']} samples, β ∈ {{0, 0.01}}; "
-               f"BoN {z['bon_prompts']} prompts × N={z['bon_n']}")
-    table = ["| arm | gold at end | gold at peak | peak step (of steps) | KL at end |",
-             "|---|---|---|---|---|"]
-    for a, s in summ.items():
-        at = "none (end)" if s["peak_step"] == s["steps"] else str(s["peak_step"])
-        table.append(f"| {a} | {fmt(*mean_se(s['final']))} | {fmt(*mean_se(s['peak']))} | "
-                     f"{at} ({s['steps']}) | {fmt(*mean_se(s['final_kl']))} |")
-    btable = ["| BoN proxy | gold gain at n=N | peak gain (at n) | vs single (paired 95% CI) |",
-              "|---|---|---|---|"]
-    for a, c in curves.items():
-        i = max(range(len(ns)), key=lambda j: c["gold"][j])
-        ci = fmt_ci(*bon_ci[a]) if a in bon_ci else "—"
-        btable.append(f"| {a} | {fmt(c['gold'][-1])} | {fmt(c['gold'][i])} ({ns[i]}) | {ci} |")
-    m1 = "; ".join(f"{a} − single final gold (β=0) {fmt_ci(*ci)}" for a, ci in d_ppo.items())
-    m2 = "; ".join(f"{a} − single BoN gold at n={z['bon_n']} {fmt_ci(*ci)}"
+    setting = (f"{ctx.label}, β=0, {ctx.seeds} seeds × {z['steps']} steps × "
+               f"{z['samples_per_step']} samples; endpoint: held-out gold ({z['eval_prompts']} "
+               f"stratified prompts) over the last {z['endpoint_steps']} steps; BoN "
+               f"{z['bon_prompts']} prompts × N={z['bon_n']}")
+    m1 = "; ".join(f"{a} − single {fmt_ci(*ci)} ({ppo_v[a]})" for a, ci in ppo_ci.items())
+    m2 = "; ".join(f"{a} − single at n={z['bon_n']} {fmt_ci(*ci)} ({bon_v[a]})"
                    for a, ci in bon_ci.items())
+    spam = (f"Spam check: {check['members_preferring_spam']} of {k} members score the spam "
+            f"probe above the fluent review; min over members: spam {check['min_spam']:.2f}, "
+            f"fluent {check['min_fluent']:.2f}"
+            + (" — the minimum still prefers spam, so every member shares the exploit and no "
+               "aggregation can remove it; member diversity is what limits this world."
+               if check["min_prefers_spam"] else "."))
     section = "\n".join([
-        f"Setting: {setting}; lr {z['lr']}; UWO for PPO with λ = 0.1, ddof 1.", "",
-        *table, "", *btable, "",
-        f"PPO claim: **{v1}** ({m1}). BoN claim: **{v2}** ({m2}).",
+        f"Setting: {setting}. Design and verdict rules: the module docstring of "
+        "`experiments/ensembles.py`, written before the run.", "", spam, "",
+        "| arm | endpoint held-out gold (mean ± s.e.) | per seed |", "|---|---|---|",
+        *[f"| {a} | {fmt(*mean_se(e))} | {[round(x, 3) for x in e]} |" for a, e in ends.items()],
+        "", f"PPO: **{v1}** ({m1}). BoN: **{v2}** ({m2}).",
     ])
-    for c in curves.values():
-        c.pop("per_prompt_gold")
-    plots = [plot(ctx, summ, curves)]
     return {
-        "title": TITLE,
+        "title": TITLE, "method": "preregistered",
         "claims": [{**CLAIM, "setting": setting, "measured": m1, "verdict": v1},
                    {**CLAIM_BON, "setting": setting, "measured": m2, "verdict": v2}],
-        "section": section, "plots": plots, "sizes": z,
-        "data": {"ppo": summ, "bon": curves, "ppo_diff_ci": d_ppo, "bon_diff_ci": bon_ci},
+        "section": section, "plots": [plot(ctx, runs, curves, z)], "sizes": z,
+        "rows": seed_rows(runs, ["reward/proxy", "reward/gold", "kl/init_k1", "eval/gold",
+                                 "eval/kl_init"]),
+        "data": {"spam_check": check, "endpoint": ends,
+                 "ppo_ci": {a: list(ci) for a, ci in ppo_ci.items()},
+                 "bon_ci": {a: list(ci) for a, ci in bon_ci.items()}, "bon": curves},
     }
 
 
-def plot(ctx: Ctx, summ, curves) -> str:
+def _both(verdicts: dict[str, str]) -> str:
+    vs = set(verdicts.values())
+    return "held" if vs == {"held"} else "refuted" if vs == {"refuted"} else "inconclusive"
+
+
+def plot(ctx: Ctx, runs, curves, z) -> str:
     plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for i, b in enumerate(BETAS):
-        ax = axes[i]
-        for j, agg in enumerate(AGGS):
-            s = summ[f"{agg}_b{b}"]
-            ax.plot(range(1, len(s["curve"]) + 1), s["curve"], color=f"C{j}", label=agg)
-        ax.set(xlabel="step", ylabel="gold (seed mean, 3-step avg)", title=f"PPO, β = {b}")
-        ax.legend(fontsize=8)
-    ax = axes[2]
-    for j, (a, c) in enumerate(curves.items()):
-        ax.plot(c["d"], c["gold"], "o-", ms=3, color=f"C{j}", label=a)
-    ax.set(xlabel="d = sqrt(KL_bon(n))", ylabel="gold − gold at n=1", title="best-of-n")
-    ax.legend(fontsize=8)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for j, (arm, rs) in enumerate(runs.items()):
+        for i, rows in enumerate(rs):
+            pts = heldout_points(rows, z["eval_every"])
+            a.plot([p["step"] for p in pts], [p["gold"] for p in pts], "o-", ms=3, alpha=0.6,
+                   color=f"C{j}", label=arm if i == 0 else None)
+    a.set(xlabel="step", ylabel="held-out gold", title="PPO, β = 0 (one line per seed)")
+    a.legend(fontsize=8)
+    for j, (name, c) in enumerate(curves.items()):
+        b.plot(c["n"], c["gold"], "o-", ms=3, color=f"C{j}", label=name)
+    b.set(xscale="log", xlabel="n", ylabel="gold − gold at n=1", title="best-of-n")
+    b.legend(fontsize=8)
     return save_fig(fig, ctx, "gold")

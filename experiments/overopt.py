@@ -1,17 +1,29 @@
-"""Over-optimisation (Gao et al. 2022): gold vs proxy reward against d = sqrt(KL to init).
+"""Over-optimisation (Gao et al. 2022): held-out gold against d = sqrt(KL to init) under PPO
+on one proxy reward model, and under best-of-n sampling.
 
-PPO on one proxy reward model (reward.aggregation=single), no KL penalty (learner.kl.coef=0),
-several seeds; d = sqrt(kl/init_k1) of the policy that made each batch (runs are synchronous).
-Scores are re-centred so the initial policy scores 0 (its step-1 batches, pooled over seeds).
-Fit R(d) = d (alpha - beta log d) to the gold points by least squares (pooled and per seed).
-Best-of-n: N samples per held-out prompt from the SFT policy, the order-statistics estimator
-(`learner.ensemble.best_of_n`) with member 0 as the proxy, d = sqrt(kl_bon(n)), fit
-R(d) = d (alpha - beta d).
+Design (written before the run; `DESIGN`):
+- PPO on one proxy (reward.aggregation=single), no KL penalty (learner.kl.coef=0), 60 steps of
+  32 samples, 6 seeds; each seed has its own prompt order (the run seed), the same for every
+  arm. Every 5 steps the learner's policy completes the fixed held-out prompt set
+  (`learner.eval_prompts` = 32, stratified over prompt types, the same draws each time):
+  gold and d = sqrt(KL to init) of that one policy on those completions. Gold is re-centred on
+  the SFT policy's held-out gold (the best-of-n samples at n = 1, same prompts): gain(t).
+- Best-of-n: 1024 samples per held-out prompt (the same 32 prompts) from the SFT policy,
+  proxy = member 0, the order-statistics estimator, d = sqrt(KL_bon(n)).
 
-Verdict rule (fixed before running): "held" if the gold reward falls after a peak while the
-proxy keeps rising (the drop from the seed-mean peak to the end has a bootstrap CI above 0
-and the proxy's rise over the same span is positive) and both functional forms fit with
-R^2 >= 0.8; "partly" if one of the two holds; otherwise "not reproduced".
+Claims and verdict rules (`experiments.common.verdict`: held | refuted | inconclusive):
+1. Decline. A seed declines when its gain peaks above 0, its gain at the last eval point is
+   <= 0.8 x its own maximum, and the training proxy there (mean of the 5 steps ending at it)
+   is above the proxy at the peak. Held if >= 2/3 of the seeds decline; refuted if <= 1/3 do;
+   otherwise inconclusive (and inconclusive with fewer than 3 seeds).
+2. RL form. Each form R(d) (through the origin) is fitted on all seeds but one and scored on
+   the left-out seed's points (mean squared error): d(α − β log d) (RL), d(α − β d) (best-of-n
+   form), α d (linear). Effect = (error of the alternative − error of RL) ÷ error of the
+   alternative, per seed; paired t-interval over seeds; smallest effect of interest 0.1. Held
+   if held against both alternatives; refuted if refuted against either; else inconclusive.
+3. Best-of-n passes its peak: gold(256) − gold(1024), per prompt (the order-statistics
+   estimate from the same 1024 samples), percentile bootstrap over prompts; smallest effect of
+   interest 0.01 gold.
 """
 
 from __future__ import annotations
@@ -28,27 +40,43 @@ from experiments.common import (
     fit_rl,
     fmt,
     fmt_ci,
+    heldout_points,
+    loso_errors,
     mean_se,
+    paired_t_ci,
     pyplot,
     run_arms,
     save_fig,
-    series,
-    smooth,
+    seed_rows,
+    verdict,
 )
 
 TITLE = "Over-optimisation (Gao et al. 2022)"
 CLAIM = {
-    "claim": "Optimising a proxy RM raises proxy reward monotonically while gold reward rises "
-             "then falls; gold(d) fits d(α−β log d) for RL and d(α−β d) for best-of-n",
-    "paper": "Gao et al.: both forms fit gold closely (synthetic set-up, RMs 3M-3B params); "
-             "gold peaks then declines as KL grows",
+    "claim": "Optimising a proxy RM raises the proxy while held-out gold rises, then falls",
+    "paper": "Gao et al.: gold peaks then declines as KL grows, for RL and for best-of-n "
+             "(synthetic set-up, RMs 3M-3B params)",
 }
+CLAIM_FORM = {
+    "claim": "RL's gold(d) follows d(α−β log d) better than d(α−β d) or a line (d = √KL)",
+    "paper": "Gao et al.: d(α−β log d) fits RL, d(α−β d) fits best-of-n",
+}
+CLAIM_BON = {
+    "claim": "Best-of-n against one proxy passes its gold peak: gold(1024) < gold(256)",
+    "paper": "Gao et al.: best-of-n gold declines at large n (KL_bon = log n − (n−1)/n)",
+}
+SEEDS = 6  # the default of `raylign experiment overopt`
+DECLINE_SHARE = (1 / 3, 2 / 3)  # refuted at or below, held at or above
+FORM_EFFECT = 0.1  # relative LOSO error reduction of interest
+BON_EFFECT = 0.01  # gold
 
 
 def sizes(ctx: Ctx) -> dict:
-    return {"steps": ctx.size(3, 40), "samples_per_step": ctx.size(16, 32),
+    return {"steps": ctx.size(6, 60), "samples_per_step": ctx.size(16, 32),
             "minibatch_size": ctx.size(8, 16), "lr": ctx.size(1e-4, 1e-4),
-            "bon_prompts": ctx.size(4, 32), "bon_n": ctx.size(16, 256)}
+            "eval_every": ctx.size(2, 5), "eval_prompts": ctx.size(8, 32),
+            "bon_prompts": ctx.size(4, 32), "bon_n": ctx.size(16, 1024),
+            "bon_compare": ctx.size(4, 256)}
 
 
 def run(ctx: Ctx) -> dict:
@@ -56,123 +84,134 @@ def run(ctx: Ctx) -> dict:
     arm = ["reward.aggregation=single", "learner.kl.coef=0", f"learner.steps={z['steps']}",
            f"learner.samples_per_step={z['samples_per_step']}",
            f"learner.minibatch_size={z['minibatch_size']}", f"learner.lr={z['lr']}",
-           "learner.eval_every=0"]
+           f"learner.eval_every={z['eval_every']}", f"learner.eval_prompts={z['eval_prompts']}"]
     runs = run_arms(ctx, {"ppo": arm})["ppo"]
 
-    # best-of-n from the SFT policy; its n = 1 means (P x N samples) are the initial policy's
+    # best-of-n from the SFT policy on the same held-out prompts; n = 1 is the SFT policy
     bon = bon_samples(ctx, z["bon_prompts"], z["bon_n"])
     ns = [2**i for i in range(int(math.log2(z["bon_n"])) + 1)]
     curve = bon_curve(bon["member"][0], bon["gold"], ns)
+    per_prompt = curve.pop("per_prompt_gold")
+    i_cmp, i_end = ns.index(z["bon_compare"]), len(ns) - 1
+    bon_ci = bootstrap_ci([row[i_cmp] - row[i_end] for row in per_prompt])
     bon_fit = fit_bon(curve["d"], curve["gold"])
-    best_n_gold = [row[-1] - row[0] for row in curve.pop("per_prompt_gold")]
-    bon_gain_ci = bootstrap_ci(best_n_gold)
 
-    # PPO: re-centre on the initial policy = the SFT samples' mean gold and proxy. (A first
-    # analysis used the step-1 batches pooled over seeds: every seed starts on the same 32
-    # prompts, whose gold is atypical; that variant's fit is reported beside.)
-    g0, p0 = curve["gold_at_n1"], curve["proxy_at_n1"]
-    g0_step1 = statistics.fmean(r[0]["reward/gold"] for r in runs)
+    g0 = curve["gold_at_n1"]  # the SFT policy's held-out gold
     per_seed = []
     for rows in runs:
-        d = [math.sqrt(max(v, 0.0)) for _, v in series(rows, "kl/init_k1")]
-        gold = [v - g0 for _, v in series(rows, "reward/gold")]
-        proxy = [v - p0 for _, v in series(rows, "reward/proxy")]
-        per_seed.append({"d": d, "gold": gold, "proxy": proxy})
-    pooled_d = [x for s in per_seed for x in s["d"]]
-    pooled_g = [x for s in per_seed for x in s["gold"]]
-    rl_fit = fit_rl(pooled_d, pooled_g)
-    rl_fit_step1 = fit_rl(pooled_d, [x + g0 - g0_step1 for x in pooled_g])
-    seed_fits = [fit_rl(s["d"], s["gold"]) for s in per_seed]
+        pts = heldout_points(rows, z["eval_every"])
+        per_seed.append({"step": [p["step"] for p in pts], "d": [p["d"] for p in pts],
+                         "gain": [p["gold"] - g0 for p in pts],
+                         "proxy": [p["proxy"] for p in pts]})
 
-    # where over-optimisation starts: the peak of the seed-mean smoothed gold curve
-    n = min(len(s["gold"]) for s in per_seed)
-    mean_gold = [statistics.fmean(s["gold"][i] for s in per_seed) for i in range(n)]
-    sm = smooth(mean_gold)
-    peak = max(range(n), key=lambda i: sm[i])
-    k = min(3, n)
-    drops = [statistics.fmean(smooth(s["gold"])[peak:peak + 1])
-             - statistics.fmean(s["gold"][n - k:n]) for s in per_seed]
-    proxy_rise = [statistics.fmean(s["proxy"][n - k:n]) - smooth(s["proxy"])[peak]
-                  for s in per_seed]
-    final_d = [statistics.fmean(s["d"][n - k:n]) for s in per_seed]
-    drop_ci = bootstrap_ci(drops)
+    # 1. decline, per seed
+    declines = [_declines(s) for s in per_seed]
+    share = sum(declines) / len(declines)
+    v1 = ("inconclusive" if len(declines) < 3 else "held" if share >= DECLINE_SHARE[1]
+          else "refuted" if share <= DECLINE_SHARE[0] else "inconclusive")
 
-    # verdict
-    overopt = drop_ci[0] > 0 and statistics.fmean(proxy_rise) > 0 and peak < n - 1
-    fits = rl_fit["r2"] >= 0.8 and bon_fit["r2"] >= 0.8
-    verdict = "held" if overopt and fits else "partly" if overopt or fits else "not reproduced"
+    # 2. functional form, leave one seed out
+    pairs = [(s["d"], s["gain"]) for s in per_seed]
+    errors = {f: loso_errors(pairs, f) if len(pairs) > 1 else [math.nan] for f in
+              ("rl", "bon", "linear")}
+    form = {}
+    for alt in ("bon", "linear"):
+        rel = [(a - r) / a if a > 0 else math.nan for a, r in zip(errors[alt], errors["rl"])]
+        ci = paired_t_ci(rel, [0.0] * len(rel))
+        form[alt] = {"relative_gain": rel, "ci": ci, "verdict": verdict(ci, FORM_EFFECT)}
+    vs = [f["verdict"] for f in form.values()]
+    v2 = ("held" if all(v == "held" for v in vs) else "refuted" if "refuted" in vs
+          else "inconclusive")
+    rl_fit = fit_rl([x for d, _ in pairs for x in d], [y for _, g in pairs for y in g])
 
-    plots = [plot(ctx, per_seed, rl_fit, curve, bon_fit)]
-    dm, dse = mean_se(drops)
-    measured = (f"PPO gold peak at step {peak + 1} of {n}, drop to the end "
-                f"{fmt(dm, dse)} (95% CI {fmt_ci(*drop_ci)}); RL fit R²={rl_fit['r2']:.2f}; "
-                f"BoN fit R²={bon_fit['r2']:.2f}")
-    setting = (f"{ctx.label}, single proxy, β=0, "
-               f"{ctx.seeds} seeds × {z['steps']} steps × {z['samples_per_step']} samples; "
-               f"BoN {z['bon_prompts']} prompts × N={z['bon_n']}")
+    # 3. best-of-n past its peak
+    v3 = verdict(bon_ci, BON_EFFECT)
+
+    peaks = [max(s["gain"]) if s["gain"] else math.nan for s in per_seed]
+    ends = [s["gain"][-1] if s["gain"] else math.nan for s in per_seed]
+    setting = (f"{ctx.label}, single proxy, β=0, {ctx.seeds} seeds × {z['steps']} steps × "
+               f"{z['samples_per_step']} samples; held-out gold and KL every {z['eval_every']} "
+               f"steps on {z['eval_prompts']} stratified prompts; BoN {z['bon_prompts']} prompts "
+               f"× N={z['bon_n']}")
+    m1 = (f"{sum(declines)} of {len(declines)} seeds decline (gain at the end ≤ 0.8 × own "
+          f"peak while the proxy rises); peak gain {fmt(*mean_se(peaks))}, end "
+          f"{fmt(*mean_se(ends))}")
+    m2 = "; ".join(f"RL vs {alt}: LOSO error {fmt(statistics.fmean(errors['rl']), digits=4)} "
+                   f"vs {fmt(statistics.fmean(errors[alt]), digits=4)}, relative gain CI "
+                   f"{fmt_ci(*form[alt]['ci'])}" for alt in form)
+    m3 = (f"gold(n={z['bon_compare']}) − gold(n={z['bon_n']}) {fmt_ci(*bon_ci)} (over "
+          f"prompts); BoN gold at n = {z['bon_compare']}, {z['bon_n']}: "
+          f"{curve['gold'][i_cmp]:.3f}, {curve['gold'][i_end]:.3f}")
     section = "\n".join([
-        f"Setting: {setting}. Learning rate {z['lr']}; d = sqrt(KL to init) with KL the summed "
-        "k1 of the batch; rewards re-centred on the initial policy: the SFT samples' mean "
-        f"(gold {g0:.3f}, proxy {p0:.3f}; {z['bon_prompts'] * z['bon_n']} samples). A first "
-        "analysis re-centred on the step-1 batches pooled over seeds (gold "
-        f"{g0_step1:.3f}: the 32 prompts every seed starts with); its fit is the second row.",
+        f"Setting: {setting}. Learning rate {z['lr']}. Gains are re-centred on the SFT "
+        f"policy's held-out gold ({g0:.3f}: {z['bon_prompts'] * z['bon_n']} samples on the "
+        "same prompts). Design and verdict rules: the module docstring of "
+        "`experiments/overopt.py`, written before the run.",
         "",
         "| quantity | value |",
         "|---|---|",
-        f"| RL fit, pooled: α, β, R² | {rl_fit['alpha']:.3f}, {rl_fit['beta']:.3f}, "
-        f"{rl_fit['r2']:.3f} ({rl_fit['points']} points) |",
-        f"| RL fit, pooled, step-1 baseline: α, β, R² | {rl_fit_step1['alpha']:.3f}, "
-        f"{rl_fit_step1['beta']:.3f}, {rl_fit_step1['r2']:.3f} |",
-        f"| RL fit per seed: α; β; R² (mean ± s.e.) | "
-        f"{fmt(*mean_se([f['alpha'] for f in seed_fits]))}; "
-        f"{fmt(*mean_se([f['beta'] for f in seed_fits]))}; "
-        f"{fmt(*mean_se([f['r2'] for f in seed_fits]))} |",
-        f"| step of the seed-mean gold peak (3-step average) | {peak + 1} of {n} |",
-        f"| gold drop, peak → last {k} steps (mean ± s.e.; 95% CI) | {fmt(dm, dse)}; "
-        f"{fmt_ci(*drop_ci)} |",
-        f"| proxy change over the same span | {fmt(*mean_se(proxy_rise))} |",
-        f"| d at the end | {fmt(*mean_se(final_d))} |",
-        f"| BoN fit: α, β, R² | {bon_fit['alpha']:.3f}, {bon_fit['beta']:.3f}, "
+        *[f"| seed {i}: eval steps; gain; d; proxy | {s['step']}; "
+          f"{[round(x, 3) for x in s['gain']]}; {[round(x, 2) for x in s['d']]}; "
+          f"{[round(x, 3) for x in s['proxy']]} |" for i, s in enumerate(per_seed)],
+        f"| seeds that decline | {sum(declines)} of {len(declines)} ({share:.2f}) |",
+        f"| LOSO mean squared error: RL; BoN form; linear | "
+        f"{'; '.join(fmt(statistics.fmean(errors[f]), digits=4) for f in errors)} |",
+        f"| RL form fitted to every point: α, β, R² | {rl_fit['alpha']:.3f}, "
+        f"{rl_fit['beta']:.3f}, {rl_fit['r2']:.3f} |",
+        f"| BoN fit d(α−β d): α, β, R² | {bon_fit['alpha']:.3f}, {bon_fit['beta']:.3f}, "
         f"{bon_fit['r2']:.3f} (n = 1..{z['bon_n']}) |",
-        f"| BoN gold gain at n={z['bon_n']} (95% CI over prompts) | "
-        f"{fmt(curve['gold'][-1])} {fmt_ci(*bon_gain_ci)} |",
-        f"| BoN proxy gain at n={z['bon_n']} | {fmt(curve['proxy'][-1])} |",
+        f"| BoN gold(n={z['bon_compare']}) − gold(n={z['bon_n']}) (95% CI over prompts) | "
+        f"{fmt_ci(*bon_ci)} |",
         "",
-        f"Verdict: **{verdict}**. The drop from a peak picked on the same data is biased "
-        "upwards by noise; the bootstrap CI is over seeds only.",
+        f"Verdicts: decline **{v1}**; RL form **{v2}**; best-of-n past its peak **{v3}**.",
     ])
     return {
-        "title": TITLE, "claims": [{**CLAIM, "setting": setting, "measured": measured,
-                                    "verdict": verdict}],
-        "section": section, "plots": plots, "sizes": z,
-        "data": {"ppo": per_seed, "rl_fit": rl_fit, "rl_fit_per_seed": seed_fits,
-                 "peak_step": peak + 1, "drops": drops, "proxy_rise": proxy_rise,
-                 "baseline": {"gold": g0, "proxy": p0, "gold_step1": g0_step1},
-                 "rl_fit_step1_baseline": rl_fit_step1, "bon": curve, "bon_fit": bon_fit},
+        "title": TITLE, "method": "preregistered",
+        "claims": [{**CLAIM, "setting": setting, "measured": m1, "verdict": v1},
+                   {**CLAIM_FORM, "setting": setting, "measured": m2, "verdict": v2},
+                   {**CLAIM_BON, "setting": setting, "measured": m3, "verdict": v3}],
+        "section": section, "plots": [plot(ctx, per_seed, rl_fit, curve, bon_fit)], "sizes": z,
+        "rows": seed_rows({"ppo": runs}, ["reward/proxy", "reward/gold", "kl/init_k1",
+                                          "eval/gold", "eval/kl_init", "drift/ppl_policy",
+                                          "drift/ppl_init"]),
+        "data": {"ppo": per_seed, "declines": declines, "loso_errors": errors,
+                 "form": {alt: {"relative_gain": f["relative_gain"], "ci": list(f["ci"])}
+                          for alt, f in form.items()},
+                 "rl_fit": rl_fit, "baseline_gold": g0, "bon": curve, "bon_fit": bon_fit,
+                 "bon_ci": list(bon_ci)},
     }
+
+
+def _declines(seed: dict) -> bool:
+    """Gain at the end <= 0.8 x the seed's own peak gain (> 0), with the proxy still higher at
+    the end than at the peak."""
+    gain, proxy = seed["gain"], seed["proxy"]
+    if len(gain) < 2:
+        return False
+    peak = max(range(len(gain)), key=gain.__getitem__)
+    return gain[peak] > 0 and gain[-1] <= 0.8 * gain[peak] and proxy[-1] > proxy[peak]
 
 
 def plot(ctx: Ctx, per_seed, rl_fit, curve, bon_fit) -> str:
     plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for i, s in enumerate(per_seed):
-        a.plot(s["d"], s["gold"], "o-", ms=3, alpha=0.6, color="C0",
-               label="gold" if i == 0 else None)
-        a.plot(s["d"], s["proxy"], "s-", ms=3, alpha=0.4, color="C1",
-               label="proxy" if i == 0 else None)
-    dmax = max((max(s["d"]) for s in per_seed), default=1.0)
+        a.plot(s["d"], s["gain"], "o-", ms=3, alpha=0.6, color=f"C{i % 10}",
+               label=f"seed {i}")
+    dmax = max((max(s["d"], default=0.0) for s in per_seed), default=1.0) or 1.0
     xs = [dmax * i / 100 for i in range(1, 101)]
     if rl_fit["alpha"] == rl_fit["alpha"]:
         a.plot(xs, [x * (rl_fit["alpha"] - rl_fit["beta"] * math.log(x)) for x in xs], "k--",
-               label=f"fit d(α−β log d), R²={rl_fit['r2']:.2f}")
-    a.set(xlabel="d = sqrt(KL to init)", ylabel="reward − initial", title="PPO, β = 0")
-    a.legend(fontsize=8)
+               label="d(α−β log d), all points")
+    a.set(xlabel="d = sqrt(KL to init), held-out", ylabel="held-out gold − SFT",
+          title="PPO, β = 0")
+    a.legend(fontsize=7)
     b.plot(curve["d"], curve["gold"], "o-", label="gold")
     b.plot(curve["d"], curve["proxy"], "s-", label="proxy (member 0)")
     xs = [max(curve["d"]) * i / 100 for i in range(101)]
     if bon_fit["alpha"] == bon_fit["alpha"]:
         b.plot(xs, [x * (bon_fit["alpha"] - bon_fit["beta"] * x) for x in xs], "k--",
                label=f"fit d(α−β d), R²={bon_fit['r2']:.2f}")
-    b.set(xlabel="d = sqrt(KL_bon(n))", title="best-of-n (SFT samples)")
+    b.set(xlabel="d = sqrt(KL_bon(n))", title="best-of-n (SFT samples, held-out prompts)")
     b.legend(fontsize=8)
     return save_fig(fig, ctx, "reward_vs_d")

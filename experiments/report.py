@@ -44,7 +44,9 @@ def render(out: Path, doc: Path) -> None:
                          f"{mod.CLAIM['paper']} | no results | not run |")
             continue
         for c in res["claims"]:
-            verdict = c["verdict"] + (" (quick run: no evidence)" if res.get("quick") else "")
+            verdict = c["verdict"] + (" (quick run: no evidence)" if res.get("quick") else
+                                      "" if res.get("method") == "preregistered" else
+                                      " (earlier method: see below)")
             lines.append(f"| [{name}](#{name}) | {c['claim']} | {c['setting']} | {c['paper']} "
                          f"| {c['measured']} | **{verdict}** |")
     notes = Path(out) / "NOTES.md"  # hand-written reading of the numbers, if any

@@ -312,3 +312,37 @@ def test_a_full_experiment_refuses_a_dirty_tree_before_any_work(monkeypatch, tmp
     with pytest.raises(experiments.DirtyTree, match="--allow-dirty"):
         experiments.run_experiment("overopt", out=tmp_path / "out", runs=tmp_path / "runs")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+
+
+def test_heldout_points_pair_gold_and_kl_of_one_evaluation():
+    from experiments.common import heldout_points
+
+    rows = [{"step": s, "reward/proxy": float(s)} for s in range(1, 7)]
+    rows[2].update({"eval/gold": 0.5, "eval/kl_init": 4.0})
+    rows[5].update({"eval/gold": 0.2, "eval/kl_init": -0.1})  # a negative k1 estimate: d = 0
+    assert heldout_points(rows, 3) == [
+        {"step": 3, "gold": 0.5, "kl": 4.0, "d": 2.0, "proxy": 2.0},
+        {"step": 6, "gold": 0.2, "kl": -0.1, "d": 0.0, "proxy": 5.0}]
+
+
+def test_loso_errors_by_hand():
+    from experiments.common import loso_errors
+
+    # linear through the origin: seeds on y = d and y = 3d; leaving one out fits the other
+    seeds = [([1.0, 2.0], [1.0, 2.0]), ([1.0, 2.0], [3.0, 6.0])]
+    # fit on seed 1 (slope 3) predicts 3, 6 for seed 0: errors 4, 16 -> 10; and back: 10
+    assert loso_errors(seeds, "linear") == pytest.approx([10.0, 10.0])
+    # an exact RL-form curve shared by 3 seeds: every left-out seed is predicted exactly
+    curve = ([0.5, 1.0, 2.0, 3.0], [d * (1.0 - 0.5 * math.log(d)) for d in (0.5, 1.0, 2.0, 3.0)])
+    assert loso_errors([curve] * 3, "rl") == pytest.approx([0.0] * 3, abs=1e-20)
+    assert all(e > 1e-4 for e in loso_errors([curve] * 3, "linear"))
+
+
+def test_overopt_decline_rule():
+    from experiments.overopt import _declines
+
+    assert _declines({"gain": [0.1, 0.5, 0.3], "proxy": [1.0, 2.0, 3.0]})  # 0.3 <= 0.4
+    assert not _declines({"gain": [0.1, 0.5, 0.45], "proxy": [1.0, 2.0, 3.0]})  # not 20% off
+    assert not _declines({"gain": [0.1, 0.5, 0.3], "proxy": [1.0, 2.0, 1.5]})  # proxy fell too
+    assert not _declines({"gain": [-0.1, -0.2, -0.5], "proxy": [1.0, 2.0, 3.0]})  # no rise
+    assert not _declines({"gain": [0.5], "proxy": [1.0]})

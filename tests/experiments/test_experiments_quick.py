@@ -17,7 +17,8 @@ from tests.conftest import numbers
 
 KEYS = {"experiment", "title", "claims", "section", "plots", "sizes", "data", "seeds",
         "quick", "seconds"}
-VERDICTS = {"held", "partly", "not reproduced", "no difference in this world"}
+VERDICTS = {"held", "refuted", "inconclusive",  # the pre-registered rule (overopt)
+            "partly", "not reproduced", "no difference in this world"}
 
 
 def run_quick(name, tmp_path, monkeypatch) -> dict:
@@ -41,10 +42,15 @@ def run_quick(name, tmp_path, monkeypatch) -> dict:
 
 def test_overopt_quick(ray_session, micro_world, tmp_path, monkeypatch):
     result = run_quick("overopt", tmp_path, monkeypatch)
-    data = result["data"]
-    assert len(data["ppo"]) == 1 and len(data["ppo"][0]["d"]) == result["sizes"]["steps"]
+    data, z = result["data"], result["sizes"]
+    evals = z["steps"] // z["eval_every"]  # held-out gold and KL of one policy each
+    assert len(data["ppo"]) == 1 and len(data["ppo"][0]["d"]) == evals
+    assert data["ppo"][0]["step"] == [z["eval_every"] * (i + 1) for i in range(evals)]
     assert data["bon"]["n"][0] == 1 and data["bon"]["gold"][0] == 0.0  # re-centred
     assert data["rl_fit"]["form"].startswith("d*") and data["bon_fit"]["points"] >= 3
+    assert result["method"] == "preregistered" and len(result["claims"]) == 3
+    assert {r["step"] for r in result["rows"]} == set(range(1, z["steps"] + 1))
+    assert result["claims"][0]["verdict"] == "inconclusive"  # one seed decides nothing
 
 
 @pytest.mark.slow
