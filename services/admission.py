@@ -32,6 +32,13 @@ def issue_room(*, samples_per_step: int, max_staleness: int, steps_left: int,
     return steps_open * samples_per_step - ahead
 
 
+def generation_capped(cap: int | None, step_running: bool, in_flight: int) -> bool:
+    """No new generate call now: the learner steps and `cap` calls are in flight already
+    (`rollout.max_generating_during_step`; None = no cap). Where rollout workers share the
+    learner's cores, the step is what every sample waits for."""
+    return cap is not None and step_running and in_flight >= cap
+
+
 def take_batch(buffer: list[ScoredSample], learner_version: int, max_staleness: int,
                n: int) -> tuple[list[ScoredSample] | None, list[ScoredSample], list[ScoredSample]]:
     """(batch, rest, stale): the first n fresh samples of `buffer` by (prompt id, index) (None

@@ -140,6 +140,10 @@ class RolloutConfig(Resources):
         "auto", description="auto = vllm if importable, else hf (transformers)"
     )
     prompts_per_batch: int = Field(8, ge=1, description="prompts in one generate() call")
+    max_generating_during_step: int | None = Field(
+        None, ge=0, description="generate calls in flight, over all workers, while the learner "
+        "steps (None = no limit): where rollout workers share the learner's cores, a small "
+        "number keeps more workers from slowing the step; they add speed between steps")
     max_inflight_per_worker: int = Field(2, ge=1, description="generate calls in flight per "
                                          "worker (backpressure)")
     max_staleness: int = Field(

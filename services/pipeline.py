@@ -138,7 +138,9 @@ class Driver(Recovery):
                 steps_left=cfg.learner.steps - self.state.steps,
                 step_running=self.step is not None, ahead=self._ahead()) // n
             worker = self.rollout.pick(cfg.rollout.max_inflight_per_worker)
-            if room <= 0 or worker is None:
+            capped = admission.generation_capped(cfg.rollout.max_generating_during_step,
+                                                 self.step is not None, len(self.gens))
+            if room <= 0 or worker is None or capped:
                 return
             prompts = self._next_prompts(min(cfg.rollout.prompts_per_batch, room))
             if worker.needs_weights:  # restarted by Ray: a fresh process without weights

@@ -74,3 +74,12 @@ def test_take_batch_cuts_at_group_boundaries():
     assert [(s.sample.prompt_id, s.sample.index) for s in batch] == [(2, 0), (2, 1), (5, 0),
                                                                      (5, 1)]
     assert [(s.sample.prompt_id, s.sample.index) for s in rest] == [(8, 0), (8, 1)]
+
+
+def test_generation_is_capped_only_while_the_learner_steps():
+    capped = admission.generation_capped
+    assert capped(1, step_running=True, in_flight=1) and capped(2, True, 3)
+    assert not capped(1, step_running=True, in_flight=0)
+    assert not capped(1, step_running=False, in_flight=5)  # between steps: every worker
+    assert not capped(None, step_running=True, in_flight=100)  # no cap
+    assert capped(0, step_running=True, in_flight=0)  # 0: nothing generates during a step

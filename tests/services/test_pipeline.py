@@ -69,7 +69,7 @@ def test_train_end_to_end(ray_session, micro_world, tmp_path):
 @pytest.mark.parametrize("bound", [0, 1])
 def test_staleness_bound(ray_session, micro_world, tmp_path, bound):
     cfg = micro(tmp_path, "learner.steps=4", f"rollout.max_staleness={bound}",
-                "rollout.max_inflight_per_worker=4")
+                "rollout.max_inflight_per_worker=4", "rollout.max_generating_during_step=1")
     train(cfg)
     log = rows(cfg)
     assert all(r["rollout/staleness_max"] <= bound for r in log)
