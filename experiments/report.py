@@ -18,10 +18,15 @@ Every number below comes from `raylign experiment NAME` (`make exp-NAME`), which
 arm through `raylign train` (`services.bootstrap.train`) on the tiny world
 (`deploy/configs/tiny.yaml`, with the overrides listed per experiment) and writes
 `docs/results/NAME.json` (all points, fits, per-run timings) and the plots beside it.
-Statistics: mean ± standard error over seeds, or a percentile bootstrap 95% CI (2000
-resamples). Each verdict rule was written into the experiment module before it ran; a claim
-that did not reproduce is reported as such. Gold = the tiny world's oracle reward (VADER
-compound × fluency); proxy = the learned reward model(s).
+Each verdict rule was written into the experiment module before it ran. Experiments under the
+pre-registered method (`experiments/common.py`) give `held | refuted | inconclusive`: held when
+the 95% interval of the predicted effect lies above 0, refuted when it excludes the smallest
+effect of interest, inconclusive otherwise; intervals are paired t-intervals over seeds or
+bootstraps over prompts (or over seeds, for win rates), gold and KL are measured together on a
+fixed held-out prompt set, and the JSON carries every seed's rows and the commit. Verdicts
+marked "earlier method" come from runs before it (mean ± s.e., percentile bootstrap CIs,
+"partly" for a point estimate in the predicted direction) and are to be re-run. Gold = the
+tiny world's oracle reward (VADER compound × fluency); proxy = the learned reward model(s).
 """
 
 
