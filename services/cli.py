@@ -230,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "name lists them)")
     p.add_argument("--quick", action="store_true",
                    help="micro world, a few steps: checks the command, not the claim")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; quick 1)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds per arm (default: the experiment's SEEDS, else 3; quick 1)")
     p.add_argument("--out", default=None, help="JSON + PNG dir (default docs/results)")
     p.add_argument("--allow-dirty", action="store_true",
                    help="run a full experiment from uncommitted changes (the diff is recorded)")
