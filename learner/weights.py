@@ -161,6 +161,15 @@ def snapshot_from_model(
     return _make(version, dict(model.state_dict()), "full", None, copy)
 
 
+def _check_names(caller: str, snap: WeightSnapshot, targets: dict) -> None:
+    """KeyError unless the snapshot has exactly the target names."""
+    missing = sorted(set(targets) - set(snap.tensors))
+    unexpected = sorted(set(snap.tensors) - set(targets))
+    if missing or unexpected:
+        raise KeyError(f"{caller} v{snap.version} ({snap.kind}): missing {missing[:5]}, "
+                       f"unexpected {unexpected[:5]}")
+
+
 @torch.no_grad()
 def apply_snapshot(model: nn.Module, snap: WeightSnapshot, verify: bool = False) -> None:
     """Copy a snapshot into a model's parameters in place (bit-exact; arrays are not written).
@@ -181,11 +190,7 @@ def apply_snapshot(model: nn.Module, snap: WeightSnapshot, verify: bool = False)
             raise ValueError("apply_snapshot: a full snapshot into a peft model; load it into "
                              "the base model instead")
         targets = model.state_dict()
-    missing = sorted(set(targets) - set(snap.tensors))
-    unexpected = sorted(set(snap.tensors) - set(targets))
-    if missing or unexpected:
-        raise KeyError(f"apply_snapshot v{snap.version} ({snap.kind}): missing {missing[:5]}, "
-                       f"unexpected {unexpected[:5]}")
+    _check_names("apply_snapshot", snap, targets)
     for k, dst in targets.items():
         src = _to_torch(snap.tensors[k], snap.torch_dtypes.get(k))
         if tuple(src.shape) != tuple(dst.shape):
@@ -213,11 +218,7 @@ def adopt_snapshot(model: nn.Module, snap: WeightSnapshot, verify: bool = False)
     if verify:
         snap.verify()
     targets = model.state_dict()
-    missing = sorted(set(targets) - set(snap.tensors))
-    unexpected = sorted(set(snap.tensors) - set(targets))
-    if missing or unexpected:
-        raise KeyError(f"adopt_snapshot v{snap.version}: missing {missing[:5]}, "
-                       f"unexpected {unexpected[:5]}")
+    _check_names("adopt_snapshot", snap, targets)
     views = {k: _to_torch(snap.tensors[k], snap.torch_dtypes.get(k)) for k in targets}
     for k, dst in targets.items():
         src = views[k]
