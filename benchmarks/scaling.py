@@ -25,19 +25,19 @@ from benchmarks.common import load_cfg, stats
 ROLES = ("rollout", "reward", "learner", "driver")
 
 
+def _rate(rows: list[dict], n: int) -> float:
+    return (len(rows) - 1) * n / (rows[-1]["time"] - rows[0]["time"])
+
+
 def _figures(cfg, summary: dict) -> dict:
     rows = [json.loads(x) for x in (cfg.path / "metrics.jsonl").read_text().splitlines()]
     n = cfg.learner.samples_per_step
     steady = rows[1:]  # the first step's row holds the start-up
-    out = {"steady": (len(rows) - 1) * n / (rows[-1]["time"] - rows[0]["time"]),
+    out = {"steady": _rate(rows, n),
            "learner_step_s": statistics.median(r["time/learner_step_s"] for r in steady)}
     for role in ROLES:
         out[f"cpu_{role}_s"] = statistics.fmean(r.get(f"cpu/{role}_s", 0.0) for r in steady)
     return out
-
-
-def _rate(rows: list[dict], n: int) -> float:
-    return (len(rows) - 1) * n / (rows[-1]["time"] - rows[0]["time"])
 
 
 def _live(settings, run_dir: str) -> dict:
