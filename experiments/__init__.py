@@ -1,6 +1,8 @@
 """Experiments that test the claims raylign is built on (`raylign experiment NAME`).
 
-Each module has `TITLE`, `CLAIM` (claim and what the paper reported) and `run(ctx) -> dict`;
+Each module has `TITLE`, `CLAIM` (claim and what the paper reported) and `run(ctx) -> dict`,
+optionally `SEEDS` (the default number of seeds) and `WORLD` (task.* overrides: the world the
+experiment needs, e.g. soup ingredients fine-tuned on disjoint data);
 `run_experiment` trains through `services.bootstrap.train`, writes `<out>/<name>.json` and PNGs,
 and re-renders `results.md` from every JSON in `<out>` (docs/results.md for the default out).
 A research harness beside `benchmarks/`, not installed with the product: it runs from a source
@@ -57,7 +59,8 @@ def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None,
     seeds = seeds if seeds is not None else (1 if quick else getattr(mod, "SEEDS", 3))
     runs = Path(runs) if runs is not None else Path("runs") / "experiments" / (
         f"{name}-quick" if quick else name)
-    ctx = Ctx(name=name, quick=quick, seeds=seeds, out=out, runs=runs.resolve())
+    ctx = Ctx(name=name, quick=quick, seeds=seeds, out=out, runs=runs.resolve(),
+              world_overrides=list(getattr(mod, "WORLD", ())))
     t0 = time.perf_counter()
     try:
         result = mod.run(ctx)  # starts Ray at its first run that is not cached

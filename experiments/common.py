@@ -41,6 +41,7 @@ class Ctx:
     log: Callable[[str], None] = print
     timings: dict[str, float] = field(default_factory=dict)
     ray_started: bool = False  # Ray started by run_arm (shut down by run_experiment)
+    world_overrides: list[str] = field(default_factory=list)  # the experiment's world (task.*)
 
     @property
     def label(self) -> str:
@@ -65,7 +66,7 @@ def base_overrides(ctx: Ctx) -> list[str]:
            "policy.init=sft", "reward.gold_eval=true"]
     if ctx.quick:
         out += [f"task.cache_dir={QUICK_WORLDS}", "learner.eval_every=1"]
-    return out
+    return out + ctx.world_overrides
 
 
 def load_cfg(ctx: Ctx, overrides: Sequence[str]):
@@ -89,14 +90,16 @@ def run_arm(ctx: Ctx, arm: str, seed: int, overrides: Sequence[str]) -> list[dic
     """Train one arm with one seed through `services.bootstrap.train`; the metrics rows."""
     import time
 
+    from experiments import provenance
     from services.bootstrap import train
 
     cfg = load_cfg(ctx, [*overrides, f"name={ctx.name}-{arm}-s{seed}", f"seed={seed}"])
     run_dir = cfg.path
-    wanted = cfg.model_dump(mode="json")
-    done = run_dir / "summary.json"
-    same = (done.is_file() and (run_dir / "config.json").is_file()
-            and json.loads((run_dir / "config.json").read_text()) == wanted)
+    # a finished run is reused only for the same config, world build and code
+    wanted = {"config": cfg.model_dump(mode="json"), "world": world(ctx).root.name,
+              "commit": provenance()["commit"]}
+    done, stamp = run_dir / "summary.json", run_dir / "experiment.json"
+    same = (done.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == wanted)
     if same:
         rows = read_rows(run_dir)
         if len(rows) == cfg.learner.steps:
@@ -110,6 +113,7 @@ def run_arm(ctx: Ctx, arm: str, seed: int, overrides: Sequence[str]) -> list[dic
     ctx.ray_started |= init_ray(cfg)  # one Ray for every run (train() reuses it)
     t0 = time.perf_counter()
     summary = train(cfg)
+    stamp.write_text(json.dumps(wanted))
     ctx.timings[f"{arm}/s{seed}"] = round(time.perf_counter() - t0, 1)
     rows = read_rows(run_dir)
     ctx.log(f"[{ctx.name}] {arm} seed {seed}: {summary['steps']} steps in "
@@ -168,12 +172,40 @@ def eval_points(rows: list[dict], every: int) -> list[dict]:
 
 def heldout_points(rows: list[dict], every: int) -> list[dict]:
     """One point per held-out evaluation (`learner.eval_prompts`): gold and KL to init of the
-    same policy on the fixed held-out prompts (d = sqrt(max(KL, 0))), with the training proxy
-    averaged over the `every` steps ending there."""
+    same policy on the fixed held-out prompts (d = sqrt(max(KL, 0))) and, where the row has it,
+    that policy's perplexity drift (held-out perplexity of the policy minus the initial
+    model's), with the training proxy averaged over the `every` steps ending there."""
+    ppl = {s: v - i for (s, v), (_, i) in zip(series(rows, "drift/ppl_policy"),
+                                               series(rows, "drift/ppl_init"), strict=True)}
     return [{"step": step, "gold": gold, "kl": kl, "d": math.sqrt(max(kl, 0.0)),
              "proxy": window_mean(rows, "reward/proxy", step, every)}
+            | ({"ppl_drift": ppl[step]} if step in ppl else {})
             for (step, gold), (_, kl) in zip(series(rows, "eval/gold"),
                                              series(rows, "eval/kl_init"), strict=True)]
+
+
+def front_at(points: list[tuple[float, float]], x: float) -> float:
+    """The (drift, reward) Pareto front of `points`, linearly interpolated at drift x and held
+    flat beyond its ends: the reward the compared points reach at drift x. Below the front's
+    lowest drift this is the reward there (the reward of a point with more drift than x), above
+    its highest drift the front's best reward; both ends favour the front."""
+    import numpy as np
+
+    front = pareto_front(points)
+    if not front:
+        return math.nan
+    xs, ys = zip(*front)
+    return float(np.interp(x, xs, ys))
+
+
+def mean_after(points: list[dict], key: str, after: int) -> float:
+    """The area under `key` against step over the eval points at steps >= `after`
+    (trapezoids), divided by the steps it spans: the curve's average height there."""
+    pts = [(p["step"], p[key]) for p in points if p["step"] >= after]
+    if len(pts) < 2:
+        return pts[0][1] if pts else math.nan
+    area = sum((s1 - s0) * (y0 + y1) / 2 for (s0, y0), (s1, y1) in zip(pts, pts[1:]))
+    return area / (pts[-1][0] - pts[0][0])
 
 
 FORMS = {  # R(d) through the origin: the features of each functional form (least squares)

@@ -1,25 +1,31 @@
-"""Elastic Reset (Noukhov et al. 2023): reward vs drift against PPO with a KL penalty.
+"""Elastic Reset (Noukhovitch et al. 2023): held-out gold against drift, against PPO + KL.
 
-Arms (all: one proxy RM, aggregation=single, KL to init, same lr and batch):
-    ppo_b0.001, ppo_b0.01, ppo_b0.1   PPO with a fixed KL coefficient beta
-    elastic      Elastic Reset: EMA eta 0.995, reset every 17 of 50 iterations, beta 0.001
+Design (written before the run):
+- Arms, all on one proxy RM (reward.aggregation=single), KL to the initial model, 50 steps of
+  16 samples, lr 1e-4, 4 seeds (each its own prompt order, the same for every arm):
+    ppo_b0.03, ppo_b0.1, ppo_b0.3   PPO with a fixed KL coefficient β
+    elastic      Elastic Reset, β 0.001: EMA η = 0.95 updated once per iteration, reset at the
+                 end of iterations 17 and 34 (online <- EMA, then EMA <- init). At a reset
+                 the EMA keeps 0.95^17 ≈ 0.42 of the initial weights, so it differs from init
     reset_init   the same schedule, online <- init (elastic_reset.target=init)
-    reset_ema    online <- EMA but the EMA is not reset (elastic_reset.reset_ema=false)
-The resetting arms keep beta 0.001 with KL to init (the original IMDB code took KL to the EMA;
-here the reference is the same for every arm so that only the reset differs).
+    reset_ema    online <- EMA, the EMA not reset (elastic_reset.reset_ema=false)
+- Every 5 steps one policy is evaluated: held-out gold and KL to init on the fixed stratified
+  held-out prompts (`learner.eval_prompts` = 32) and perplexity drift (held-out perplexity of
+  the policy minus the initial model's): gold and drift of the same weights.
+- The resetting arms are compared at step 50: 16 iterations into their third reset cycle (the
+  next reset would end iteration 51), i.e. after a full cycle of recovery and drift, not at the
+  low-drift point just after a reset.
+- A seed's PPO front: the Pareto front (low perplexity drift, high held-out gold) of every eval
+  point of that seed's three PPO arms, linearly interpolated at a drift (flat beyond its
+  ends; `front_at`). Excess(arm, seed) = held-out gold at step 50 − the front at that point's
+  perplexity drift.
 
-An evaluation point every learner.eval_every (5) steps: drift = held-out perplexity of the
-policy minus that of the initial model (drift/ppl_policy - drift/ppl_init) and KL to init
-(kl/init_k1); reward = mean batch gold (and proxy) over the eval_every steps ending there.
-Seed-mean points per arm; the Pareto front (low drift, high gold) over all arms' points.
-
-Verdict rules (fixed before running):
-- claim 1 (reward vs drift): "held" if the elastic arm has the smallest share of points
-  dominated by other arms' points (perplexity drift), "partly" if smaller than the median PPO
-  arm's, else "not reproduced".
-- claim 2 (ablations): "held" if elastic's final gold beats both reset baselines with the
-  bootstrap 95% CI of the difference above 0; "partly" if the point estimates are higher;
-  else "not reproduced".
+Claims and verdict rules (`experiments.common.verdict`; smallest effect of interest 0.03 gold):
+1. ER beats PPO's reward-drift front: the paired t-interval over seeds of Excess(elastic).
+2. Both halves of the reset matter: Excess(elastic) − Excess(reset_init), and
+   Excess(elastic) − Excess(reset_ema), paired t-intervals. Held if held against both;
+   refuted if refuted against either; otherwise inconclusive.
+Reported beside them, with no verdict: the same excesses with KL to init as the drift axis.
 """
 
 from __future__ import annotations
@@ -28,147 +34,145 @@ import statistics
 
 from experiments.common import (
     Ctx,
-    bootstrap_diff_ci,
-    dominated_share,
-    eval_points,
     fmt,
     fmt_ci,
+    front_at,
+    heldout_points,
     mean_se,
+    paired_t_ci,
     pareto_front,
     pyplot,
     run_arms,
     save_fig,
+    seed_rows,
+    verdict,
 )
 
-TITLE = "Elastic Reset (Noukhov et al. 2023)"
+TITLE = "Elastic Reset (Noukhovitch et al. 2023)"
 CLAIM = {
-    "claim": "Elastic Reset reaches higher reward at less drift than PPO with a KL penalty "
-             "(better reward-drift Pareto front)",
-    "paper": "Noukhov et al.: on IMDB, StackLLaMA and translation, ER's reward-vs-drift points "
-             "dominate PPO with several KL coefficients (5 seeds)",
+    "claim": "Elastic Reset ends a reset cycle with more held-out gold than PPO + KL reaches "
+             "at the same drift",
+    "paper": "Noukhovitch et al.: on IMDB, StackLLaMA and translation, ER's reward-vs-drift "
+             "points dominate PPO with several KL coefficients (5 seeds)",
 }
 CLAIM_ABL = {
-    "claim": "Both halves of the reset matter: ER beats reset-to-init and "
-             "reset-to-EMA-without-EMA-reset",
-    "paper": "Noukhov et al.: both ablations trade off reward and drift worse than ER",
+    "claim": "Both halves of the reset matter: ER trades gold for drift better than "
+             "reset-to-init and reset-to-EMA-without-EMA-reset",
+    "paper": "Noukhovitch et al.: both ablations trade off reward and drift worse than ER",
 }
-ARMS = ("ppo_b0.001", "ppo_b0.01", "ppo_b0.1", "elastic", "reset_init", "reset_ema")
+SEEDS = 4
+EFFECT = 0.03  # gold: the smallest effect of interest
+PPO = ("ppo_b0.03", "ppo_b0.1", "ppo_b0.3")
+RESETS = ("elastic", "reset_init", "reset_ema")
+ARMS = (*PPO, *RESETS)
 
 
 def sizes(ctx: Ctx) -> dict:
-    # 6 arms x 3 seeds x 50 iterations: 16 samples per step keeps it near 30-40 min on 2
-    # shared cores (3 s/step at 32 samples measured under load; 18 runs)
-    return {"steps": ctx.size(4, 50), "reset_every": ctx.size(2, 17),
-            "eval_every": ctx.size(2, 5), "samples_per_step": 16,
-            "minibatch_size": 8, "lr": 1e-4}
+    return {"steps": ctx.size(5, 50), "reset_every": ctx.size(2, 17),
+            "eval_every": ctx.size(1, 5), "samples_per_step": 16, "minibatch_size": 8,
+            "lr": 1e-4, "eval_prompts": ctx.size(8, 32), "ema_decay": 0.95}
 
 
 def arms(z: dict) -> dict[str, list[str]]:
     common = ["reward.aggregation=single", "reward.members=1", f"learner.steps={z['steps']}",
               f"learner.eval_every={z['eval_every']}",
+              f"learner.eval_prompts={z['eval_prompts']}",
               f"learner.samples_per_step={z['samples_per_step']}",
               f"learner.minibatch_size={z['minibatch_size']}", f"learner.lr={z['lr']}"]
     er = ["learner.kl.coef=0.001", "learner.elastic_reset.enabled=true",
-          "learner.elastic_reset.ema_decay=0.995",
+          f"learner.elastic_reset.ema_decay={z['ema_decay']}",
+          "learner.elastic_reset.ema_update=iteration",
           f"learner.elastic_reset.reset_every={z['reset_every']}"]
-    out = {f"ppo_b{b}": [*common, f"learner.kl.coef={b}"] for b in ("0.001", "0.01", "0.1")}
+    out = {a: [*common, f"learner.kl.coef={a.removeprefix('ppo_b')}"] for a in PPO}
     out["elastic"] = [*common, *er]
     out["reset_init"] = [*common, *er, "learner.elastic_reset.target=init"]
     out["reset_ema"] = [*common, *er, "learner.elastic_reset.reset_ema=false"]
     return out
 
 
+def excess(pts: dict[str, list[list[dict]]], arm: str, seed: int, axis: str) -> float:
+    """Held-out gold of `arm` at its last eval point minus seed `seed`'s PPO front there."""
+    end = pts[arm][seed][-1]
+    front = [(p[axis], p["gold"]) for a in PPO for p in pts[a][seed]]
+    return end["gold"] - front_at(front, end[axis])
+
+
 def run(ctx: Ctx) -> dict:
     z = sizes(ctx)
     runs = run_arms(ctx, arms(z))
-    pts = {a: [eval_points(r, z["eval_every"]) for r in runs[a]] for a in ARMS}
-    # seed-mean curve per arm
-    curves = {}
-    for a in ARMS:
-        n = min(len(p) for p in pts[a])
-        curves[a] = [{k: mean_se([p[i][k] for p in pts[a]]) for k in
-                      ("ppl_drift", "kl", "gold", "proxy")} | {"step": pts[a][0][i]["step"]}
-                     for i in range(n)]
-    xy = {a: [(c["ppl_drift"][0], c["gold"][0]) for c in curves[a]] for a in ARMS}
-    xy_kl = {a: [(c["kl"][0], c["gold"][0]) for c in curves[a]] for a in ARMS}
-    dom = {a: dominated_share(xy[a], [q for b in ARMS if b != a for q in xy[b]]) for a in ARMS}
-    dom_kl = {a: dominated_share(xy_kl[a], [q for b in ARMS if b != a for q in xy_kl[b]])
-              for a in ARMS}
-    front = pareto_front([q for a in ARMS for q in xy[a]])
-    front_kl = pareto_front([q for a in ARMS for q in xy_kl[a]])
-    final = {a: {k: [p[-1][k] for p in pts[a]] for k in ("gold", "proxy", "ppl_drift", "kl")}
+    pts = {a: [heldout_points(r, z["eval_every"]) for r in runs[a]] for a in ARMS}
+    seeds = range(ctx.seeds)
+    exc = {axis: {a: [excess(pts, a, s, axis) for s in seeds] for a in RESETS}
+           for axis in ("ppl_drift", "kl")}
+    e = exc["ppl_drift"]
+    ci1 = paired_t_ci(e["elastic"], [0.0] * len(e["elastic"]))
+    v1 = verdict(ci1, EFFECT)
+    ci2 = {b: paired_t_ci(e["elastic"], e[b]) for b in ("reset_init", "reset_ema")}
+    v2s = {b: verdict(ci, EFFECT) for b, ci in ci2.items()}
+    v2 = ("held" if set(v2s.values()) == {"held"}
+          else "refuted" if "refuted" in v2s.values() else "inconclusive")
+    ci_kl = paired_t_ci(exc["kl"]["elastic"], [0.0] * ctx.seeds)
+    final = {a: {k: [p[-1][k] for p in pts[a]] for k in ("gold", "ppl_drift", "kl", "proxy")}
              for a in ARMS}
 
-    ppo_dom = sorted(dom[a] for a in ARMS if a.startswith("ppo"))
-    if all(dom["elastic"] < dom[a] for a in ARMS if a != "elastic"):
-        v1 = "held"
-    elif dom["elastic"] < ppo_dom[len(ppo_dom) // 2]:
-        v1 = "partly"
-    else:
-        v1 = "not reproduced"
-    diffs = {b: bootstrap_diff_ci(final["elastic"]["gold"], final[b]["gold"])
-             for b in ("reset_init", "reset_ema")}
-    higher = {b: statistics.fmean(final["elastic"]["gold"]) > statistics.fmean(final[b]["gold"])
-              for b in diffs}
-    v2 = ("held" if all(ci[0] > 0 for ci in diffs.values())
-          else "partly" if all(higher.values()) else "not reproduced")
-
-    setting = (f"{ctx.label}, single proxy, "
-               f"{ctx.seeds} seeds × {z['steps']} steps × {z['samples_per_step']} samples, "
-               f"reset every {z['reset_every']}, eval every {z['eval_every']}")
-    table = ["| arm | final gold | final proxy | final ppl drift | final KL to init | "
-             "dominated share (ppl / KL) | on front (ppl) |", "|---|---|---|---|---|---|---|"]
+    setting = (f"{ctx.label}, single proxy, {ctx.seeds} seeds × {z['steps']} steps × "
+               f"{z['samples_per_step']} samples; ER η {z['ema_decay']}, reset every "
+               f"{z['reset_every']}; held-out gold ({z['eval_prompts']} prompts) and drift of "
+               f"one policy every {z['eval_every']} steps")
+    m1 = (f"ER's gold at step {z['steps']} − PPO front at its perplexity drift "
+          f"{fmt(*mean_se(e['elastic']))}, 95% t-interval {fmt_ci(*ci1)} (at its KL: "
+          f"{fmt_ci(*ci_kl)})")
+    m2 = "; ".join(f"excess of ER − {b} {fmt_ci(*ci)} ({v2s[b]})" for b, ci in ci2.items())
+    table = ["| arm | gold at the end | perplexity drift | KL to init | proxy | "
+             "gold − PPO front (ppl / KL) |", "|---|---|---|---|---|---|"]
     for a in ARMS:
-        on = sum(q in front for q in xy[a])
+        ex = (f"{fmt(*mean_se(exc['ppl_drift'][a]))} / {fmt(*mean_se(exc['kl'][a]))}"
+              if a in RESETS else "—")
         table.append(f"| {a} | {fmt(*mean_se(final[a]['gold']))} | "
-                     f"{fmt(*mean_se(final[a]['proxy']))} | "
-                     f"{fmt(*mean_se(final[a]['ppl_drift']))} | {fmt(*mean_se(final[a]['kl']))} "
-                     f"| {dom[a]:.2f} / {dom_kl[a]:.2f} | {on} of {len(xy[a])} |")
-    measured1 = ("share of ER's eval points dominated by other arms "
-                 f"{dom['elastic']:.2f} (PPO β arms: "
-                 + ", ".join(f"{dom[a]:.2f}" for a in ARMS if a.startswith("ppo")) + ")")
-    measured2 = "; ".join(f"ER − {b} final gold {fmt_ci(*ci)}" for b, ci in diffs.items())
+                     f"{fmt(*mean_se(final[a]['ppl_drift']))} | {fmt(*mean_se(final[a]['kl']))}"
+                     f" | {fmt(*mean_se(final[a]['proxy']))} | {ex} |")
     section = "\n".join([
-        f"Setting: {setting}; lr {z['lr']}. Resetting arms use β = 0.001 (KL to init). "
-        "Final = the last evaluation point (gold/proxy averaged over its "
-        f"{z['eval_every']} steps); mean ± s.e. over seeds. Drift = held-out perplexity of the "
-        "policy minus that of the initial model.",
-        "", *table, "",
-        f"Claim 1: **{v1}** ({measured1}). Claim 2: **{v2}** (bootstrap 95% CI: {measured2}).",
+        f"Setting: {setting}. Design and verdict rules: the module docstring of "
+        "`experiments/elastic.py`, written before the run. Mean ± s.e. over seeds.", "",
+        *table, "", f"Claim 1: **{v1}** ({m1}). Claim 2: **{v2}** ({m2}).",
     ])
-    plots = [plot(ctx, curves, front, front_kl, runs, z)]
     return {
-        "title": TITLE,
-        "claims": [{**CLAIM, "setting": setting, "measured": measured1, "verdict": v1},
-                   {**CLAIM_ABL, "setting": setting, "measured": measured2, "verdict": v2}],
-        "section": section, "plots": plots, "sizes": z,
-        "data": {"points": pts, "curves": curves, "dominated_share_ppl": dom,
-                 "dominated_share_kl": dom_kl, "front_ppl": front, "front_kl": front_kl,
-                 "final": final, "ablation_diff_ci": diffs},
+        "title": TITLE, "method": "preregistered",
+        "claims": [{**CLAIM, "setting": setting, "measured": m1, "verdict": v1},
+                   {**CLAIM_ABL, "setting": setting, "measured": m2, "verdict": v2}],
+        "section": section, "plots": [plot(ctx, pts, runs, z)], "sizes": z,
+        "rows": seed_rows(runs, ["reward/proxy", "reward/gold", "kl/init_k1", "eval/gold",
+                                 "eval/kl_init", "drift/ppl_policy", "drift/ppl_init",
+                                 "elastic/reset"]),
+        "data": {"points": pts, "excess": exc, "final": final, "claim1_ci": list(ci1),
+                 "claim1_ci_kl": list(ci_kl), "claim2_ci": {b: list(c) for b, c in ci2.items()}},
     }
 
 
-def plot(ctx: Ctx, curves, front, front_kl, runs, z) -> str:
+def plot(ctx: Ctx, pts, runs, z) -> str:
     plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for i, (key, fr, label) in enumerate((("ppl_drift", front, "held-out perplexity − init"),
-                                          ("kl", front_kl, "KL to init (summed k1)"))):
-        ax = axes[i]
-        for j, (a, c) in enumerate(curves.items()):
-            ax.errorbar([p[key][0] for p in c], [p["gold"][0] for p in c],
-                        yerr=[p["gold"][1] if p["gold"][1] == p["gold"][1] else 0 for p in c],
-                        fmt="o-", ms=3, capsize=2, color=f"C{j}", label=a, alpha=0.8)
-        ax.plot(*zip(*fr), "k--", lw=1, label="Pareto front")
-        ax.set(xlabel=label, ylabel="gold reward (window mean)", title=f"gold vs {key}")
-        ax.legend(fontsize=7)
-    ax = axes[2]
-    for j, a in enumerate(curves):
-        steps = [r["step"] for r in runs[a][0]]
-        ms = [statistics.fmean(r[i]["reward/gold"] for r in runs[a])
-              for i in range(min(len(r) for r in runs[a]))]
-        ax.plot(steps[:len(ms)], ms, color=f"C{j}", label=a, lw=1)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax = axes[0]
+    for j, a in enumerate(ARMS):
+        n = min(map(len, pts[a]))
+        xs = [statistics.fmean(p[i]["ppl_drift"] for p in pts[a]) for i in range(n)]
+        ys = [statistics.fmean(p[i]["gold"] for p in pts[a]) for i in range(n)]
+        ax.plot(xs, ys, "o-" if a in PPO else "s-", ms=3, color=f"C{j}", label=a, alpha=0.8)
+        if a in RESETS:
+            ax.plot(xs[-1], ys[-1], "*", ms=14, color=f"C{j}", mec="k")
+    front = pareto_front([(p["ppl_drift"], p["gold"]) for a in PPO for s in pts[a] for p in s])
+    ax.plot(*zip(*front), "k--", lw=1, label="PPO front (all seeds)")
+    ax.set(xlabel="held-out perplexity − init", ylabel="held-out gold (seed mean)",
+           title=f"gold vs drift (stars: step {z['steps']})")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    for j, a in enumerate(ARMS):
+        n = min(map(len, pts[a]))
+        ax.plot([pts[a][0][i]["step"] for i in range(n)],
+                [statistics.fmean(p[i]["gold"] for p in pts[a]) for i in range(n)],
+                "o-" if a in PPO else "s-", ms=3, color=f"C{j}", label=a, lw=1)
     for k in range(z["reset_every"], z["steps"] + 1, z["reset_every"]):
         ax.axvline(k, color="grey", lw=0.5, ls=":")
-    ax.set(xlabel="step", ylabel="batch gold (seed mean)", title="gold vs step (resets dotted)")
+    ax.set(xlabel="step", ylabel="held-out gold (seed mean)", title="gold vs step (resets dotted)")
     ax.legend(fontsize=7)
     return save_fig(fig, ctx, "reward_vs_drift")

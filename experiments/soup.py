@@ -1,17 +1,22 @@
 """Soup reference (SALSA, Chegini et al. 2024): policy and KL reference = the SFT soup.
 
-Arms, same beta (0.01), same proxy (one RM), same steps:
-    sft    policy.init=sft,  learner.kl.reference=init  (SFT model 0, KL to itself)
+Design (written before the run):
+- World: the tiny world with ingredients fine-tuned on disjoint data (`WORLD`:
+  task.sft_data=disjoint: sft-0 and sft-1 each see half the SFT reviews, for twice the epochs),
+  so that the soup is an average of models that differ by more than their seed.
+- Arms, one proxy RM, β = 0.05, 30 steps of 32 samples, lr 1e-4, 6 seeds (each its own prompt
+  order, the same for both arms):
+    sft    policy.init=sft,  learner.kl.reference=init  (sft-0, KL to itself)
     soup   policy.init=soup, learner.kl.reference=soup  (uniform soup of the SFT models)
-Gold at matched steps (the last 3 steps' batch gold), gold at matched KL (each seed's gold vs
-KL-to-its-own-init curve, 3-step averages, linearly interpolated at KL levels both arms
-reached), and the per-prompt gold win rate on held-out prompts: each arm's final policy (its
-end-of-run checkpoint) samples `per_prompt` completions per eval prompt, and soup wins a
-prompt if its mean gold is higher (ties count half), per seed pairing.
+- Every 5 steps: held-out gold and KL to the arm's own initial model (`learner.eval_prompts` =
+  64 stratified held-out prompts), of the same policy.
+- Endpoints, paired by seed: (a) held-out gold at step 30; (b) held-out gold at matched KL:
+  each run's (KL, gold) eval points, in order of KL, linearly interpolated at the KL that every
+  run of both arms reaches (the smallest of the runs' largest KL).
 
-Verdict rule (fixed before running): "held" if soup's final gold beats sft's with the
-bootstrap 95% CI of the difference above 0 and the win rate's CI is above 0.5; "partly" if
-one of the two, or both point estimates favour soup; else "not reproduced".
+Verdict rule (`experiments.common.verdict`; smallest effect of interest 0.03 gold): the paired
+t-interval over seeds of soup − sft for each endpoint; held if held for both, refuted if
+refuted for both, otherwise inconclusive.
 """
 
 from __future__ import annotations
@@ -20,148 +25,122 @@ import statistics
 
 from experiments.common import (
     Ctx,
-    bootstrap_ci,
-    bootstrap_diff_ci,
     fmt,
     fmt_ci,
-    load_cfg,
+    heldout_points,
     mean_se,
+    paired_t_ci,
     pyplot,
     run_arms,
     save_fig,
-    smooth,
+    seed_rows,
+    verdict,
     world,
 )
 
 TITLE = "Soup reference (SALSA, Chegini et al. 2024)"
 CLAIM = {
-    "claim": "Starting from and regularising towards a soup of SFT models gives higher gold "
-             "reward than the single-SFT reference at the same β",
+    "claim": "Starting from and regularising towards a soup of SFT models gives more held-out "
+             "gold than the single-SFT reference at the same β",
     "paper": "SALSA: higher reward and win rate than PPO with the frozen SFT reference "
              "(Llama2-7B, Mistral-7B; MT-Bench, Arena-Hard, UltraFeedback)",
 }
-BETA = "0.01"
+SEEDS = 6
+WORLD = ["task.sft_data=disjoint"]
+EFFECT = 0.03  # gold: the smallest effect of interest
+BETA = "0.05"
 
 
 def sizes(ctx: Ctx) -> dict:
-    return {"steps": ctx.size(3, 40), "samples_per_step": ctx.size(16, 32),
-            "minibatch_size": ctx.size(8, 16), "lr": 1e-4,
-            "eval_prompts": ctx.size(8, 100), "per_prompt": ctx.size(2, 4)}
+    return {"steps": ctx.size(4, 30), "samples_per_step": ctx.size(16, 32),
+            "minibatch_size": ctx.size(8, 16), "lr": 1e-4, "eval_every": ctx.size(2, 5),
+            "eval_prompts": ctx.size(8, 64)}
 
 
 def arms(z: dict) -> dict[str, list[str]]:
     common = ["reward.aggregation=single", "reward.members=1", f"learner.kl.coef={BETA}",
               f"learner.steps={z['steps']}", f"learner.samples_per_step={z['samples_per_step']}",
               f"learner.minibatch_size={z['minibatch_size']}", f"learner.lr={z['lr']}",
-              "learner.eval_every=0"]
+              f"learner.eval_every={z['eval_every']}", f"learner.eval_prompts={z['eval_prompts']}"]
     return {"sft": [*common, "policy.init=sft", "learner.kl.reference=init"],
             "soup": [*common, "policy.init=soup", "learner.kl.reference=soup"]}
 
 
-def final_policy_gold(ctx: Ctx, arm: str, seed: int, prompts: list[str], per_prompt: int
-                      ) -> list[float]:
-    """Mean gold per prompt of the arm's final policy (loaded from its last checkpoint)."""
-    import torch
-    from safetensors.torch import load_file
-
-    from learner.elastic_reset import copy_into_
-    from services.checkpoint import latest_valid
-    from services.tasks.models import sample_completions
-    from services.tasks.tiny_world import gold_score, load_policy
-
-    cfg = load_cfg(ctx, [f"name={ctx.name}-{arm}-s{seed}"])
-    ckpt = latest_valid(cfg.path)
-    state = load_file(str(ckpt / "learner" / "state.safetensors"))
-    model, tok = load_policy(world(ctx).sft_dirs[0])
-    copy_into_(model, {k[len("policy/"):]: v for k, v in state.items()
-                       if k.startswith("policy/")})
-    torch.manual_seed(10_000 + seed)
-    flat = [p for p in prompts for _ in range(per_prompt)]
-    comps = sample_completions(model, tok, flat, cfg.rollout.sampling.max_new_tokens,
-                               batch_size=128)
-    gold = gold_score(flat, comps)
-    return [statistics.fmean(gold[i * per_prompt:(i + 1) * per_prompt])
-            for i in range(len(prompts))]
-
-
-def gold_at_kl(rows: list[dict], levels: list[float]) -> list[float]:
-    """Linear interpolation of the (3-step averaged) gold-vs-KL curve at `levels`."""
+def gold_at_kl(points: list[dict], level: float) -> float:
+    """Held-out gold of one run's eval points, in order of KL, interpolated at `level`."""
     import numpy as np
 
-    kl = smooth([r["kl/init_k1"] for r in rows])
-    gold = smooth([r["reward/gold"] for r in rows])
-    order = np.argsort(kl)
-    return [float(v) for v in np.interp(levels, np.asarray(kl)[order], np.asarray(gold)[order])]
+    pts = sorted((p["kl"], p["gold"]) for p in points)
+    return float(np.interp(level, [k for k, _ in pts], [g for _, g in pts]))
 
 
 def run(ctx: Ctx) -> dict:
     z = sizes(ctx)
     runs = run_arms(ctx, arms(z))
-    k = 3
-    final = {a: [statistics.fmean(r["reward/gold"] for r in rows[-k:]) for rows in runs[a]]
-             for a in runs}
-    final_kl = {a: [statistics.fmean(r["kl/init_k1"] for r in rows[-k:]) for rows in runs[a]]
-                for a in runs}
-    kl_max = min(max(smooth([r["kl/init_k1"] for r in rows])) for a in runs for rows in runs[a])
-    levels = [kl_max * f for f in (0.25, 0.5, 0.75, 1.0)] if kl_max > 0 else []
-    matched = {a: [gold_at_kl(rows, levels) for rows in runs[a]] for a in runs}
-    matched_diff = [bootstrap_diff_ci([m[i] for m in matched["soup"]],
-                                      [m[i] for m in matched["sft"]]) for i in range(len(levels))]
-    prompts = world(ctx).eval_prompts[:z["eval_prompts"]]
-    wins = []
-    for seed in range(ctx.seeds):
-        g_soup = final_policy_gold(ctx, "soup", seed, prompts, z["per_prompt"])
-        g_sft = final_policy_gold(ctx, "sft", seed, prompts, z["per_prompt"])
-        wins += [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(g_soup, g_sft)]
-    win = statistics.fmean(wins)
-    win_ci = bootstrap_ci(wins)
-    diff_ci = bootstrap_diff_ci(final["soup"], final["sft"])
-    favours = statistics.fmean(final["soup"]) > statistics.fmean(final["sft"]) and win > 0.5
-    v = ("held" if diff_ci[0] > 0 and win_ci[0] > 0.5
-         else "partly" if diff_ci[0] > 0 or win_ci[0] > 0.5 or favours else "not reproduced")
+    pts = {a: [heldout_points(r, z["eval_every"]) for r in runs[a]] for a in runs}
+    final = {a: [p[-1]["gold"] for p in pts[a]] for a in pts}
+    final_kl = {a: [p[-1]["kl"] for p in pts[a]] for a in pts}
+    level = min(max(p["kl"] for p in run) for a in pts for run in pts[a])
+    matched = {a: [gold_at_kl(run, level) for run in pts[a]] for a in pts}
+    ci = {"final": paired_t_ci(final["soup"], final["sft"]),
+          "matched": paired_t_ci(matched["soup"], matched["sft"])}
+    vs = {k: verdict(c, EFFECT) for k, c in ci.items()}
+    v = ("held" if set(vs.values()) == {"held"}
+         else "refuted" if set(vs.values()) == {"refuted"} else "inconclusive")
 
-    setting = (f"{ctx.label}, single proxy, β={BETA}, "
-               f"{ctx.seeds} seeds × {z['steps']} steps × {z['samples_per_step']} samples; "
-               f"win rate on {len(prompts)} eval prompts × {z['per_prompt']} samples")
-    measured = (f"soup − sft final gold {fmt_ci(*diff_ci)}; per-prompt win rate {win:.3f} "
-                f"{fmt_ci(*win_ci)}")
-    rows = ["| quantity | sft (init=sft, ref=init) | soup (init=soup, ref=soup) |",
-            "|---|---|---|",
-            f"| gold, last {k} steps | {fmt(*mean_se(final['sft']))} | "
-            f"{fmt(*mean_se(final['soup']))} |",
-            f"| KL to own init, last {k} steps | {fmt(*mean_se(final_kl['sft']))} | "
-            f"{fmt(*mean_se(final_kl['soup']))} |",
-            f"| gold at step 1 | {fmt(*mean_se([r[0]['reward/gold'] for r in runs['sft']]))} | "
-            f"{fmt(*mean_se([r[0]['reward/gold'] for r in runs['soup']]))} |"]
-    for i, lv in enumerate(levels):
-        rows.append(f"| gold at KL = {lv:.2f} (soup − sft: {fmt_ci(*matched_diff[i])}) | "
-                    f"{fmt(*mean_se([m[i] for m in matched['sft']]))} | "
-                    f"{fmt(*mean_se([m[i] for m in matched['soup']]))} |")
-    section = "\n".join([f"Setting: {setting}; lr {z['lr']}.", "", *rows, "",
-                         f"Verdict: **{v}** ({measured})."])
-    plots = [plot(ctx, runs)]
+    facts = world(ctx).summary["sft"]
+    setting = (f"{ctx.label}, ingredients on disjoint SFT data (held-out perplexity "
+               f"{facts['heldout_ppl']}, soup {facts['soup_heldout_ppl']}, spread "
+               f"{facts.get('ingredient_spread')}), single proxy, β={BETA}, {ctx.seeds} seeds × "
+               f"{z['steps']} steps × {z['samples_per_step']} samples; held-out gold on "
+               f"{z['eval_prompts']} prompts")
+    measured = (f"soup − sft held-out gold at step {z['steps']} {fmt_ci(*ci['final'])} "
+                f"({vs['final']}); at KL {level:.2f} {fmt_ci(*ci['matched'])} ({vs['matched']})")
+    rows = ["| quantity | sft (init=sft-0, ref=init) | soup (init=soup, ref=soup) | "
+            "soup − sft, 95% t-interval |", "|---|---|---|---|",
+            f"| held-out gold at step {z['steps']} | {fmt(*mean_se(final['sft']))} | "
+            f"{fmt(*mean_se(final['soup']))} | {fmt_ci(*ci['final'])} |",
+            f"| held-out gold at KL = {level:.2f} | {fmt(*mean_se(matched['sft']))} | "
+            f"{fmt(*mean_se(matched['soup']))} | {fmt_ci(*ci['matched'])} |",
+            f"| KL to own init at step {z['steps']} | {fmt(*mean_se(final_kl['sft']))} | "
+            f"{fmt(*mean_se(final_kl['soup']))} | |",
+            f"| held-out gold at step {z['eval_every']} | "
+            f"{fmt(*mean_se([p[0]['gold'] for p in pts['sft']]))} | "
+            f"{fmt(*mean_se([p[0]['gold'] for p in pts['soup']]))} | |"]
+    section = "\n".join([
+        f"Setting: {setting}; lr {z['lr']}. Design and verdict rule: the module docstring of "
+        "`experiments/soup.py`, written before the run. Mean ± s.e. over seeds; the spread is "
+        "‖θ₀ − θ₁‖ over the ingredients' mean distance from the base.", "", *rows, "",
+        f"Verdict: **{v}** ({measured})."])
     return {
-        "title": TITLE, "claims": [{**CLAIM, "setting": setting, "measured": measured,
-                                    "verdict": v}],
-        "section": section, "plots": plots, "sizes": z,
-        "data": {"final_gold": final, "final_kl": final_kl, "kl_levels": levels,
-                 "gold_at_kl": matched, "gold_at_kl_diff_ci": matched_diff, "win_rate": win,
-                 "win_rate_ci": win_ci, "final_diff_ci": diff_ci},
+        "title": TITLE, "method": "preregistered",
+        "claims": [{**CLAIM, "setting": setting, "measured": measured, "verdict": v}],
+        "section": section, "plots": [plot(ctx, pts, level)], "sizes": z,
+        "rows": seed_rows(runs, ["reward/proxy", "reward/gold", "kl/init_k1", "eval/gold",
+                                 "eval/kl_init"]),
+        "data": {"points": pts, "final_gold": final, "final_kl": final_kl, "kl_level": level,
+                 "gold_at_kl": matched, "ci": {k: list(c) for k, c in ci.items()},
+                 "ingredients": facts},
     }
 
 
-def plot(ctx: Ctx, runs) -> str:
+def plot(ctx: Ctx, pts, level) -> str:
     plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for j, (arm, seeds) in enumerate(runs.items()):
-        for i, rows in enumerate(seeds):
+    for j, (arm, seeds) in enumerate(pts.items()):
+        for i, p in enumerate(seeds):
             lab = arm if i == 0 else None
-            a.plot([r["step"] for r in rows], smooth([r["reward/gold"] for r in rows]),
-                   color=f"C{j}", alpha=0.7, label=lab)
-            b.plot(smooth([r["kl/init_k1"] for r in rows]),
-                   smooth([r["reward/gold"] for r in rows]), color=f"C{j}", alpha=0.7, label=lab)
-    a.set(xlabel="step", ylabel="batch gold (3-step avg)", title="gold at matched steps")
-    b.set(xlabel="KL to own init (summed k1)", ylabel="batch gold (3-step avg)",
+            a.plot([q["step"] for q in p], [q["gold"] for q in p], "o-", ms=3, color=f"C{j}",
+                   alpha=0.6, label=lab)
+            b.plot([q["kl"] for q in p], [q["gold"] for q in p], "o-", ms=3, color=f"C{j}",
+                   alpha=0.6, label=lab)
+        n = min(map(len, seeds))
+        a.plot([seeds[0][i]["step"] for i in range(n)],
+               [statistics.fmean(p[i]["gold"] for p in seeds) for i in range(n)], "-",
+               lw=3, color=f"C{j}")
+    b.axvline(level, color="grey", ls=":", lw=1, label="matched KL")
+    a.set(xlabel="step", ylabel="held-out gold", title="gold by step (thick: seed mean)")
+    b.set(xlabel="KL to own init (held-out prompts)", ylabel="held-out gold",
           title="gold at matched KL")
     a.legend()
     b.legend()

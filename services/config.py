@@ -82,6 +82,10 @@ class TinyWorldConfig(Strict):
     seed: int = Field(0, description="seed of the world's build (corpus, models)")
     num_members: int = Field(4, ge=1, description="K proxy reward models to train")
     num_sft_seeds: int = Field(2, ge=1, description="SFT models (soup ingredients)")
+    sft_data: Literal["shared", "disjoint"] = Field(
+        "shared", description="the ingredients' SFT data: shared (every ingredient sees the "
+        "whole SFT split; they differ by seed) or disjoint (ingredient i of n sees every n-th "
+        "review, for n times the epochs: the same number of steps on different data)")
     label_noise: float = Field(0.25, ge=0, lt=0.5,
                                description="fraction of preference labels flipped")
 

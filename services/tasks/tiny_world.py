@@ -7,7 +7,8 @@
 2. tokenizer  byte-level BPE trained on the corpus; <s> bos, </s> eos, <pad> pad
 3. base       one small Llama pretrained on every training review (shuffled, packed)
 4. sft-i      num_sft_seeds fine-tunes of that base on whole reviews (seed = data order and
-              attention dropout); sharing a base, they average into a soup without a barrier
+              attention dropout; with sft_data=disjoint each on its own share of the reviews);
+              sharing a base, they average into a soup without a barrier
 5. rm-k       num_members Bradley-Terry reward models (`reward_models.py`) on pairs of
               sft-0 samples labelled by the gold scorer (`gold.py`), label_noise flipped
 6. summary    perplexities, the interpolation path, RM accuracies, spam vs fluent scores
@@ -24,6 +25,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import random
@@ -171,7 +173,7 @@ def world_key(task: TinyWorldConfig) -> str:
     and BUILD_VERSION."""
     fields = {"name": task.kind} | {
         k: getattr(task, k) for k in ("size", "seed", "num_members", "num_sft_seeds", "label_noise")
-    }
+    } | ({"sft_data": task.sft_data} if task.sft_data != "shared" else {})
     recipe = dataclasses.asdict(RECIPES[task.size])
     blob = json.dumps({"fields": fields, "recipe": recipe, "version": BUILD_VERSION},
                       sort_keys=True, default=str).encode()
@@ -276,6 +278,21 @@ def _train_member(job) -> tuple[float, float]:
                 round(pair_accuracy(rm, tok, train_noisy[:TRAIN_ACC_PAIRS], max_len), 4))
 
 
+def ingredient_spread(ingredients: list[dict], base: dict) -> float:
+    """How far apart the fine-tunes are, relative to how far each moved from the base:
+    ||theta_0 - theta_1|| / mean_i ||theta_i - theta_base|| over all floating-point tensors
+    (0 = identical; sqrt(2) = orthogonal moves of equal size); NaN with one ingredient."""
+    if len(ingredients) < 2:
+        return math.nan
+
+    def norm(a: dict, b: dict) -> float:
+        return math.sqrt(sum(float(((a[k].double() - b[k].double()) ** 2).sum())
+                             for k in a if a[k].is_floating_point()))
+
+    moved = sum(norm(sd, base) for sd in ingredients) / len(ingredients)
+    return norm(ingredients[0], ingredients[1]) / moved if moved else math.nan
+
+
 def _build(task: TinyWorldConfig, out: Path, key: str, verbose: bool) -> None:
     r = RECIPES[task.size]
     t_start = time.time()
@@ -340,12 +357,15 @@ def _build(task: TinyWorldConfig, out: Path, key: str, verbose: bool) -> None:
     # 4. SFT ingredients: same base, different seeds (data order, attention dropout) ---------
     sft_docs = encode_docs(tok, sft_texts, max_len)
     sft_models, sft_dirs = [], []
-    for i in range(task.num_sft_seeds):
+    n_sft = task.num_sft_seeds
+    for i in range(n_sft):
         seed = task.seed * 1000 + 10 + i
         torch.manual_seed(seed)
         model, _ = load_policy(out / "base")
         model.config.attention_dropout = 0.1
-        batches = list(lm_batches(sft_docs, r.batch_size, r.sft_epochs, seed, pad))
+        docs, epochs = ((sft_docs[i::n_sft], r.sft_epochs * n_sft) if task.sft_data == "disjoint"
+                        else (sft_docs, r.sft_epochs))
+        batches = list(lm_batches(docs, r.batch_size, epochs, seed, pad))
         train_loop(model, batches, lm_loss, r.sft_lr, f"sft seed {i}", verbose)
         model.config.attention_dropout = 0.0
         save_model(model, tok, out / f"sft-{i}")
@@ -367,6 +387,7 @@ def _build(task: TinyWorldConfig, out: Path, key: str, verbose: bool) -> None:
     probe.load_state_dict(average_state_dicts(sds))
     soup_nll = mean_nll(probe, heldout_docs, pad)
     del probe
+    spread = ingredient_spread(sds, load_policy(out / "base")[0].state_dict())
     phase("soup")
 
     # 6. preference pairs from sft-0 samples, gold labels, label noise ---------------------
@@ -466,6 +487,7 @@ def _build(task: TinyWorldConfig, out: Path, key: str, verbose: bool) -> None:
             "soup_heldout_ppl": round(float(torch.tensor(soup_nll).exp()), 3),
             "soup_no_worse_than_mean": soup_nll <= mean_ingredient + 1e-6,
             "interpolation_loss": path,
+            "ingredient_spread": round(spread, 4) if spread == spread else None,
             "mean_gold_of_samples": round(sum(sft_gold) / len(sft_gold), 4),
             "frac_positive_samples": round(sum(g > 0.05 for g in sft_gold) / len(sft_gold), 4),
             "samples": [{"prompt": p, "completion": c} for p, c in zip(shown, samples)],

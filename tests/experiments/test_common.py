@@ -346,3 +346,36 @@ def test_overopt_decline_rule():
     assert not _declines({"gain": [0.1, 0.5, 0.3], "proxy": [1.0, 2.0, 1.5]})  # proxy fell too
     assert not _declines({"gain": [-0.1, -0.2, -0.5], "proxy": [1.0, 2.0, 3.0]})  # no rise
     assert not _declines({"gain": [0.5], "proxy": [1.0]})
+
+
+def test_heldout_points_carry_the_perplexity_drift_of_the_same_evaluation():
+    from experiments.common import heldout_points
+
+    rows = [{"step": s, "reward/proxy": 1.0} for s in (1, 2)]
+    rows[1].update({"eval/gold": 0.4, "eval/kl_init": 9.0, "drift/ppl_policy": 5.5,
+                    "drift/ppl_init": 4.0})
+    assert heldout_points(rows, 2) == [
+        {"step": 2, "gold": 0.4, "kl": 9.0, "d": 3.0, "proxy": 1.0, "ppl_drift": 1.5}]
+
+
+def test_front_at_interpolates_the_pareto_front_and_is_flat_beyond_it():
+    from experiments.common import front_at
+
+    # (1, 0.1) and (3, 0.2) are dominated; the front is (0, 0.2), (2, 0.4), (4, 0.8)
+    pts = [(2.0, 0.4), (0.0, 0.2), (4.0, 0.8), (1.0, 0.1), (3.0, 0.2)]
+    assert front_at(pts, 1.0) == pytest.approx(0.3)
+    assert front_at(pts, 3.0) == pytest.approx(0.6)
+    assert front_at(pts, 2.0) == pytest.approx(0.4)
+    assert front_at(pts, 9.0) == pytest.approx(0.8)  # past the front: its best reward
+    assert front_at([(1.0, 0.5), (2.0, 0.7)], 0.0) == pytest.approx(0.5)  # before it: flat
+    assert is_nan(front_at([], 1.0))
+
+
+def test_mean_after_is_the_trapezoid_area_over_the_span():
+    from experiments.common import mean_after
+
+    pts = [{"step": s, "g": g} for s, g in ((5, 9.0), (10, 0.0), (15, 1.0), (25, 3.0))]
+    # from step 10: (5 * (0 + 1) / 2 + 10 * (1 + 3) / 2) / 15 = 22.5 / 15
+    assert mean_after(pts, "g", 10) == pytest.approx(1.5)
+    assert mean_after(pts, "g", 25) == 3.0
+    assert is_nan(mean_after(pts, "g", 30))

@@ -181,3 +181,22 @@ def test_corpus_is_fluent_under_gold():
     reviews = generate_reviews(500, seed=1)
     flu = [fluency(op, text[len(op):]) for op, text, _ in reviews]
     assert median(flu) == 1.0 and sum(f > 0.7 for f in flu) >= 0.98 * len(flu)
+
+
+def test_disjoint_sft_data_is_a_different_world_and_shared_keeps_its_key(tmp_path):
+    task = _micro_task(tmp_path)
+    shared = world_key(task)
+    assert world_key(task.model_copy(update={"sft_data": "shared"})) == shared
+    assert world_key(task.model_copy(update={"sft_data": "disjoint"})) != shared
+
+
+def test_ingredient_spread_by_hand():
+    from services.tasks.tiny_world import ingredient_spread
+
+    base = {"w": torch.zeros(2), "step": torch.tensor(3)}  # integer tensors are not weights
+    a = {"w": torch.tensor([3.0, 0.0]), "step": torch.tensor(5)}
+    b = {"w": torch.tensor([0.0, 4.0]), "step": torch.tensor(7)}
+    # ||a - b|| = 5; mean distance from the base (3 + 4) / 2 = 3.5
+    assert ingredient_spread([a, b], base) == pytest.approx(5 / 3.5)
+    assert ingredient_spread([a, a], base) == 0.0
+    assert math.isnan(ingredient_spread([a], base))
