@@ -49,6 +49,9 @@ from experiments.common import (
 )
 
 TITLE = "Elastic Reset (Noukhovitch et al. 2023)"
+PAPER_FIGURE = ("Noukhovitch et al. 2023, reward against drift (perplexity and KL): one curve "
+                "per method over training; Elastic Reset's curve lies above PPO's for every KL "
+                "coefficient, and above reset-to-init and reset-to-EMA-without-EMA-reset")
 CLAIM = {
     "claim": "Elastic Reset ends a reset cycle with more held-out gold than PPO + KL reaches "
              "at the same drift",

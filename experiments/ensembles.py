@@ -47,6 +47,10 @@ from experiments.common import (
 )
 
 TITLE = "Reward-model ensembles (Coste et al. 2023)"
+PAPER_FIGURE = ("Coste et al. 2023, the PPO training curves: gold score by step for a single "
+                "RM and for the WCO / UWO ensembles; the single RM's gold peaks and falls while "
+                "the ensembles' does not; and best-of-n gold against KL, ensembles above the "
+                "single RM")
 CLAIM = {
     "claim": "Ensembles (WCO = min, UWO = mean − λ·var) end PPO with more held-out gold than a "
              "single RM",

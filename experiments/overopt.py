@@ -52,6 +52,9 @@ from experiments.common import (
 )
 
 TITLE = "Over-optimisation (Gao et al. 2022)"
+PAPER_FIGURE = ("Gao et al. 2022, the RL and best-of-n panels: gold and proxy RM score against "
+                "d = sqrt(KL); proxy rises throughout while gold rises, peaks and falls, and "
+                "the fitted forms d(α − β log d) (RL) and d(α − β d) (best-of-n) follow gold")
 CLAIM = {
     "claim": "Optimising a proxy RM raises the proxy while held-out gold rises, then falls",
     "paper": "Gao et al.: gold peaks then declines as KL grows, for RL and for best-of-n "

@@ -18,15 +18,20 @@ Every number below comes from `raylign experiment NAME` (`make exp-NAME`), which
 arm through `raylign train` (`services.bootstrap.train`) on the tiny world
 (`deploy/configs/tiny.yaml`, with the overrides listed per experiment) and writes
 `docs/results/NAME.json` (all points, fits, per-run timings) and the plots beside it.
-Each verdict rule was written into the experiment module before it ran. Experiments under the
-pre-registered method (`experiments/common.py`) give `held | refuted | inconclusive`: held when
-the 95% interval of the predicted effect lies above 0, refuted when it excludes the smallest
-effect of interest, inconclusive otherwise; intervals are paired t-intervals over seeds or
-bootstraps over prompts (or over seeds, for win rates), gold and KL are measured together on a
-fixed held-out prompt set, and the JSON carries every seed's rows and the commit. Verdicts
-marked "earlier method" come from runs before it (mean ± s.e., percentile bootstrap CIs,
-"partly" for a point estimate in the predicted direction) and are to be re-run. Gold = the
-tiny world's oracle reward (VADER compound × fluency); proxy = the learned reward model(s).
+
+## How to read this
+- **Design first.** Each experiment's design, endpoints and verdict rule are in its module
+  docstring (`experiments/NAME.py`), written before it ran; the JSON names the commit.
+- **Verdicts** are `held | refuted | inconclusive`: held when the 95% interval of the predicted
+  effect lies above 0; refuted when it lies below the smallest effect of interest (so an effect
+  that large is excluded); inconclusive otherwise. Intervals are paired t-intervals over seeds
+  (df = seeds − 1), or bootstraps over prompts for best-of-n.
+- **Gold** is the tiny world's oracle reward (VADER compound × fluency), never seen in training;
+  **proxy** is the learned reward model(s) the policy optimises. Gold, KL and perplexity drift
+  are measured together, of one policy, on a fixed held-out prompt set stratified over prompt
+  types. Each seed has its own prompt order, shared by every arm.
+- **What is not claimed.** A 3M-parameter policy on a synthetic review world shows whether a
+  mechanism works as described, not how large its effect is on real models.
 """
 
 
@@ -49,9 +54,7 @@ def render(out: Path, doc: Path) -> None:
                          f"{mod.CLAIM['paper']} | no results | not run |")
             continue
         for c in res["claims"]:
-            verdict = c["verdict"] + (" (quick run: no evidence)" if res.get("quick") else
-                                      "" if res.get("method") == "preregistered" else
-                                      " (earlier method: see below)")
+            verdict = c["verdict"] + (" (quick run: no evidence)" if res.get("quick") else "")
             lines.append(f"| [{name}](#{name}) | {c['claim']} | {c['setting']} | {c['paper']} "
                          f"| {c['measured']} | **{verdict}** |")
     notes = Path(out) / "NOTES.md"  # hand-written reading of the numbers, if any
@@ -78,6 +81,8 @@ def render(out: Path, doc: Path) -> None:
         facts = res.get("world_facts") or _world_facts(res.get("world"))
         if facts:
             lines += ["", facts]
+        if getattr(mod, "PAPER_FIGURE", None):
+            lines += ["", f"*The paper's figure, to set beside ours:* {mod.PAPER_FIGURE}."]
         for p in res.get("plots", []):
             lines += ["", f"![{name}]({rel}/{p})"]
     Path(doc).parent.mkdir(parents=True, exist_ok=True)

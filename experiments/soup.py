@@ -39,6 +39,9 @@ from experiments.common import (
 )
 
 TITLE = "Soup reference (SALSA, Chegini et al. 2024)"
+PAPER_FIGURE = ("Chegini et al. 2024 (SALSA), reward against KL to the reference and the win "
+                "rates: the soup-referenced policy reaches more reward at a given KL and wins "
+                "more often than PPO with the SFT reference")
 CLAIM = {
     "claim": "Starting from and regularising towards a soup of SFT models gives more held-out "
              "gold than the single-SFT reference at the same β",

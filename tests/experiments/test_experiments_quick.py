@@ -17,8 +17,7 @@ from tests.conftest import numbers
 
 KEYS = {"experiment", "title", "claims", "section", "plots", "sizes", "data", "seeds",
         "quick", "seconds"}
-VERDICTS = {"held", "refuted", "inconclusive",  # the pre-registered rule (overopt)
-            "partly", "not reproduced", "no difference in this world"}
+VERDICTS = {"held", "refuted", "inconclusive"}  # experiments.common.VERDICT_RULE
 
 
 def run_quick(name, tmp_path, monkeypatch) -> dict:
@@ -28,6 +27,7 @@ def run_quick(name, tmp_path, monkeypatch) -> dict:
     result = json.loads((out / f"{name}.json").read_text())
     assert set(result) >= KEYS and result["experiment"] == name and result["quick"]
     assert result["claims"] and all(c["verdict"] in VERDICTS for c in result["claims"])
+    assert result["method"] == "preregistered" and result["rows"]  # per-step per-seed rows
     for c in result["claims"]:
         assert {"claim", "setting", "paper", "measured"} <= set(c)
     for p in result["plots"]:
