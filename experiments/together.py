@@ -105,8 +105,8 @@ def run(ctx: Ctx) -> dict:
         claims.append({**CLAIM, "claim": f"{CLAIM['claim']} (β = {b.removeprefix('plain_b')})",
                        "setting": setting, "measured": m, "verdict": v})
         section_v.append(f"Against {b}: **{v}** ({m}).")
-    rows = ["| arm | held-out gold after step 10 (area ÷ steps) | held-out gold at the end | "
-            "perplexity drift | KL to own init |", "|---|---|---|---|---|"]
+    rows = [f"| arm | held-out gold after step {z['area_from']} (area ÷ steps) | held-out gold at "
+            "the end | perplexity drift | KL to own init |", "|---|---|---|---|---|"]
     for a in pts:
         rows.append(f"| {a} | {fmt(*mean_se(end[a]['area']))} | {fmt(*mean_se(end[a]['gold']))}"
                     f" | {fmt(*mean_se(end[a]['ppl_drift']))} | {fmt(*mean_se(end[a]['kl']))} |")
