@@ -1,0 +1,63 @@
+"""The experiments' designs: every full-size arm is a valid run config, and the endpoints that
+decide the verdicts compute what their docstrings say, on hand-made points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from experiments import module
+from experiments.common import Ctx, load_cfg
+
+WITH_ARMS = ("elastic", "soup", "together", "offpolicy")
+
+
+@pytest.mark.parametrize("name", WITH_ARMS)
+def test_full_size_arms_are_valid_configs(name, tmp_path):
+    mod = module(name)
+    ctx = Ctx(name=name, quick=False, seeds=1, out=tmp_path, runs=tmp_path,
+              world_overrides=list(getattr(mod, "WORLD", ())))
+    z = mod.sizes(ctx)
+    for arm, overrides in mod.arms(z).items():
+        cfg = load_cfg(ctx, overrides)  # raises on an unknown key or a bad value
+        assert cfg.learner.steps == z["steps"], arm
+        assert cfg.learner.eval_every == z["eval_every"] and cfg.learner.eval_prompts > 0, arm
+        assert Path(cfg.task.cache_dir) == Path(".cache/raylign")
+
+
+def test_elastic_resetting_arms_differ_only_in_the_reset():
+    from experiments.elastic import PPO, RESETS, arms, sizes
+
+    z = sizes(Ctx(name="elastic", quick=False, seeds=1, out=Path(), runs=Path()))
+    a = arms(z)
+    assert z["steps"] % z["reset_every"] == z["reset_every"] - 1  # step 50 ends a cycle
+    assert z["ema_decay"] ** z["reset_every"] < 0.5  # the EMA at a reset is not the init
+    base = set(a["elastic"])
+    assert set(a["reset_init"]) - base == {"learner.elastic_reset.target=init"}
+    assert set(a["reset_ema"]) - base == {"learner.elastic_reset.reset_ema=false"}
+    assert [x for arm in PPO for x in a[arm] if "kl.coef" in x] == [
+        "learner.kl.coef=0.03", "learner.kl.coef=0.1", "learner.kl.coef=0.3"]
+    assert len(RESETS) == 3
+
+
+def test_elastic_excess_is_gold_above_the_seeds_ppo_front():
+    from experiments.elastic import excess
+
+    def pts(*xy):
+        return [[{"ppl_drift": x, "kl": 10 * x, "gold": y} for x, y in xy]]
+
+    points = {"ppo_b0.03": pts((1.0, 0.5), (3.0, 0.7)), "ppo_b0.1": pts((0.5, 0.2)),
+              "ppo_b0.3": pts((0.2, 0.1), (2.0, 0.3)),  # (2.0, 0.3) is dominated
+              "elastic": pts((0.5, 0.1), (2.0, 0.65))}
+    # the front at drift 2.0: between (1.0, 0.5) and (3.0, 0.7), 0.6
+    assert excess(points, "elastic", 0, "ppl_drift") == pytest.approx(0.05)
+    assert excess(points, "elastic", 0, "kl") == pytest.approx(0.05)
+
+
+def test_soup_gold_at_kl_interpolates_in_order_of_kl():
+    from experiments.soup import gold_at_kl
+
+    run = [{"kl": 4.0, "gold": 0.8}, {"kl": 1.0, "gold": 0.2}, {"kl": 2.0, "gold": 0.4}]
+    assert gold_at_kl(run, 3.0) == pytest.approx(0.6)
+    assert gold_at_kl(run, 1.5) == pytest.approx(0.3)
