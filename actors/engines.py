@@ -57,7 +57,7 @@ def make_engine(kind: str, model_dir: str | Path, *, seed: int = 0,
     raise ValueError(f"unknown rollout engine '{kind}' (valid: auto, hf, vllm)")
 
 
-def _encode_prompts(tokenizer, prompts: list[Prompt], max_positions: int, sampling: Sampling,
+def encode_prompts(tokenizer, prompts: list[Prompt], max_positions: int, sampling: Sampling,
                     max_prompt_tokens: int | None = None):
     """Token ids of each prompt, cut from the left to max_prompt_tokens and to leave room for
     the response (a leading BOS is kept); and which prompts were cut."""
@@ -105,7 +105,7 @@ class HFEngine:
     ) -> list[Sample]:
         tok = self.tokenizer
         prompts = [p for p in prompts for _ in range(sampling.n)]  # each prompt's group
-        ids, cut = _encode_prompts(tok, prompts, self.model.config.max_position_embeddings,
+        ids, cut = encode_prompts(tok, prompts, self.model.config.max_position_embeddings,
                                    sampling, self.max_prompt_tokens)
         width = max(len(x) for x in ids)
         pad = pad_token_id(tok)
@@ -211,7 +211,7 @@ class VLLMEngine:
         from vllm import SamplingParams, TokensPrompt
 
         tok = self.tokenizer
-        ids, cut = _encode_prompts(tok, prompts, self.max_positions, sampling,
+        ids, cut = encode_prompts(tok, prompts, self.max_positions, sampling,
                                    self.max_prompt_tokens)
         params = [
             SamplingParams(

@@ -2,7 +2,9 @@
 (perplexity of the policy and of the initial model on held-out corpus text) and, with
 `learner.eval_prompts`, gold and KL to the initial model (k1, summed over each completion's
 tokens) on held-out prompts: a fixed, stratified set, one completion each from the learner's
-policy with the rollout's sampling and the same random draws every time."""
+policy with the rollout's sampling and the same random draws every time. A held-out prompt
+longer than task.max_prompt_tokens (or than the context less the response) is cut from the
+left, BOS kept, as the rollout engines cut one."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from actors.engines import encode_prompts
 from actors.records import Sampling
 from actors.scoring import load_callable
 from services.config import RunConfig
@@ -40,8 +43,10 @@ class HeldOut:
         if cfg.learner.eval_prompts and not prompts:
             raise RunFailed(f"learner.eval_prompts={cfg.learner.eval_prompts}: task "
                             f"{task.name} has no eval prompts")
-        return cls(texts, prompts, [tokenizer(p)["input_ids"] for p in prompts],
-                   cfg.rollout.sampling, gold,
+        prompt_ids, _ = encode_prompts(tokenizer, list(enumerate(prompts)),
+                                       tokenizer.model_max_length, cfg.rollout.sampling,
+                                       task.max_prompt_tokens)
+        return cls(texts, prompts, prompt_ids, cfg.rollout.sampling, gold,
                    lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
 
     def evaluate(self, learner, get: Callable) -> dict[str, float]:
