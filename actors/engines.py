@@ -58,7 +58,7 @@ def make_engine(kind: str, model_dir: str | Path, *, seed: int = 0,
 
 
 def encode_prompts(tokenizer, prompts: list[Prompt], max_positions: int, sampling: Sampling,
-                    max_prompt_tokens: int | None = None):
+                   max_prompt_tokens: int | None = None):
     """Token ids of each prompt, cut from the left to max_prompt_tokens and to leave room for
     the response (a leading BOS is kept); and which prompts were cut."""
     limit = max(1, max_positions - sampling.max_new_tokens)
@@ -106,7 +106,7 @@ class HFEngine:
         tok = self.tokenizer
         prompts = [p for p in prompts for _ in range(sampling.n)]  # each prompt's group
         ids, cut = encode_prompts(tok, prompts, self.model.config.max_position_embeddings,
-                                   sampling, self.max_prompt_tokens)
+                                  sampling, self.max_prompt_tokens)
         width = max(len(x) for x in ids)
         pad = pad_token_id(tok)
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
@@ -212,7 +212,7 @@ class VLLMEngine:
 
         tok = self.tokenizer
         ids, cut = encode_prompts(tok, prompts, self.max_positions, sampling,
-                                   self.max_prompt_tokens)
+                                  self.max_prompt_tokens)
         params = [
             SamplingParams(
                 n=sampling.n,

@@ -505,6 +505,19 @@ def verdict(ci: tuple[float, float], smallest_effect: float) -> str:
     return "inconclusive"
 
 
+def joint_verdict(verdicts, refuted_by: str) -> str:
+    """One verdict from the verdicts of a claim's parts: held if every part is held; refuted
+    if `any` part (a claim that needs them all) or `all` parts (a claim that any part would
+    show) are refuted; otherwise inconclusive."""
+    vs = list(verdicts)
+    if refuted_by not in ("any", "all"):
+        raise ValueError(f"joint_verdict: refuted_by must be 'any' or 'all', got {refuted_by!r}")
+    if all(v == "held" for v in vs):
+        return "held"
+    refuted = [v == "refuted" for v in vs]
+    return "refuted" if (any if refuted_by == "any" else all)(refuted) else "inconclusive"
+
+
 def seed_rows(runs: dict[str, list[list[dict]]], keys: Sequence[str]) -> list[dict]:
     """Per-step per-seed rows of every arm, for the result JSON: {arm, seed, step, key...}."""
     return [{"arm": arm, "seed": seed, "step": r["step"], **{k: r[k] for k in keys if k in r}}

@@ -38,6 +38,7 @@ from experiments.common import (
     fmt_ci,
     front_at,
     heldout_points,
+    joint_verdict,
     mean_se,
     paired_t_ci,
     pareto_front,
@@ -112,8 +113,7 @@ def run(ctx: Ctx) -> dict:
     v1 = verdict(ci1, EFFECT)
     ci2 = {b: paired_t_ci(e["elastic"], e[b]) for b in ("reset_init", "reset_ema")}
     v2s = {b: verdict(ci, EFFECT) for b, ci in ci2.items()}
-    v2 = ("held" if set(v2s.values()) == {"held"}
-          else "refuted" if "refuted" in v2s.values() else "inconclusive")
+    v2 = joint_verdict(v2s.values(), refuted_by="any")
     ci_kl = paired_t_ci(exc["kl"]["elastic"], [0.0] * ctx.seeds)
     final = {a: {k: [p[-1][k] for p in pts[a]] for k in ("gold", "ppl_drift", "kl", "proxy")}
              for a in ARMS}

@@ -36,6 +36,7 @@ from experiments.common import (
     fmt,
     fmt_ci,
     heldout_points,
+    joint_verdict,
     mean_se,
     paired_t_ci,
     pyplot,
@@ -112,7 +113,7 @@ def run(ctx: Ctx) -> dict:
     ends = {arm: [endpoint(r) for r in rs] for arm, rs in runs.items()}
     ppo_ci = {a: paired_t_ci(ends[a], ends["single"]) for a in AGGS}
     ppo_v = {a: verdict(ci, EFFECT) for a, ci in ppo_ci.items()}
-    v1 = _both(ppo_v)
+    v1 = joint_verdict(ppo_v.values(), refuted_by="all")
 
     bon = bon_samples(ctx, z["bon_prompts"], z["bon_n"])
     ns = [2**i for i in range(int(math.log2(z["bon_n"])) + 1)]
@@ -130,7 +131,7 @@ def run(ctx: Ctx) -> dict:
         bon_ci[name] = bootstrap_ci([a - b for a, b in zip(last, single_last)])
         curves[name] = {"n": ns, "gold": c["gold"]}
     bon_v = {a: verdict(ci, EFFECT) for a, ci in bon_ci.items()}
-    v2 = _both(bon_v)
+    v2 = joint_verdict(bon_v.values(), refuted_by="all")
 
     setting = (f"{ctx.label}, β=0, {ctx.seeds} seeds × {z['steps']} steps × "
                f"{z['samples_per_step']} samples; endpoint: held-out gold ({z['eval_prompts']} "
@@ -163,11 +164,6 @@ def run(ctx: Ctx) -> dict:
                  "ppo_ci": {a: list(ci) for a, ci in ppo_ci.items()},
                  "bon_ci": {a: list(ci) for a, ci in bon_ci.items()}, "bon": curves},
     }
-
-
-def _both(verdicts: dict[str, str]) -> str:
-    vs = set(verdicts.values())
-    return "held" if vs == {"held"} else "refuted" if vs == {"refuted"} else "inconclusive"
 
 
 def plot(ctx: Ctx, runs, curves, z) -> str:

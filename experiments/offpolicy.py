@@ -26,6 +26,7 @@ from experiments.common import (
     fmt,
     fmt_ci,
     heldout_points,
+    joint_verdict,
     mean_se,
     paired_t_ci,
     pyplot,
@@ -84,8 +85,7 @@ def run(ctx: Ctx) -> dict:
     recovery = paired_t_ci(final["stale_tis"], final["stale_none"])
     gap = paired_t_ci(final["sync"], final["stale_tis"])
     vs = {"degradation": verdict(degradation, EFFECT), "recovery": verdict(recovery, EFFECT)}
-    v = ("held" if set(vs.values()) == {"held"} else "refuted" if "refuted" in vs.values()
-         else "inconclusive")
+    v = joint_verdict(vs.values(), refuted_by="any")
     setting = (f"{ctx.label}, staleness bound {STALENESS}, β={z['beta']}, {ctx.seeds} seeds × "
                f"{z['steps']} steps × {z['samples_per_step']} samples")
     measured = (f"degradation sync − stale_none {fmt_ci(*degradation)} ({vs['degradation']}), "

@@ -41,6 +41,7 @@ from experiments.common import (
     fmt,
     fmt_ci,
     heldout_points,
+    joint_verdict,
     loso_errors,
     mean_se,
     paired_t_ci,
@@ -123,8 +124,7 @@ def run(ctx: Ctx) -> dict:
         ci = paired_t_ci(rel, [0.0] * len(rel))
         form[alt] = {"relative_gain": rel, "ci": ci, "verdict": verdict(ci, FORM_EFFECT)}
     vs = [f["verdict"] for f in form.values()]
-    v2 = ("held" if all(v == "held" for v in vs) else "refuted" if "refuted" in vs
-          else "inconclusive")
+    v2 = joint_verdict(vs, refuted_by="any")
     rl_fit = fit_rl([x for d, _ in pairs for x in d], [y for _, g in pairs for y in g])
 
     # 3. best-of-n past its peak

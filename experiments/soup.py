@@ -28,6 +28,7 @@ from experiments.common import (
     fmt,
     fmt_ci,
     heldout_points,
+    joint_verdict,
     mean_se,
     paired_t_ci,
     pyplot,
@@ -88,8 +89,7 @@ def run(ctx: Ctx) -> dict:
     ci = {"final": paired_t_ci(final["soup"], final["sft"]),
           "matched": paired_t_ci(matched["soup"], matched["sft"])}
     vs = {k: verdict(c, EFFECT) for k, c in ci.items()}
-    v = ("held" if set(vs.values()) == {"held"}
-         else "refuted" if set(vs.values()) == {"refuted"} else "inconclusive")
+    v = joint_verdict(vs.values(), refuted_by="all")
 
     facts = world(ctx).summary["sft"]
     setting = (f"{ctx.label}, ingredients on disjoint SFT data (held-out perplexity "

@@ -31,6 +31,7 @@ from experiments.common import (
     fmt,
     fmt_ci,
     heldout_points,
+    joint_verdict,
     mean_after,
     mean_se,
     paired_t_ci,
@@ -97,8 +98,7 @@ def run(ctx: Ctx) -> dict:
                f"and drift of one policy every {z['eval_every']} steps")
     for b in PLAIN:
         vg, vd = verdict(ci[b]["area"], GOLD_EFFECT), verdict(ci[b]["drift"], DRIFT_EFFECT)
-        v = ("held" if vg == vd == "held" else "refuted" if "refuted" in (vg, vd)
-             else "inconclusive")
+        v = joint_verdict((vg, vd), refuted_by="any")
         m = (f"vs {b}: gold after step {z['area_from']} (area ÷ steps) {fmt_ci(*ci[b]['area'])}"
              f" ({vg}); perplexity drift lower by {fmt_ci(*ci[b]['drift'])} ({vd}); final "
              f"gold {fmt_ci(*ci[b]['gold'])}; KL lower by {fmt_ci(*ci[b]['kl'])}")

@@ -379,3 +379,15 @@ def test_mean_after_is_the_trapezoid_area_over_the_span():
     assert mean_after(pts, "g", 10) == pytest.approx(1.5)
     assert mean_after(pts, "g", 25) == 3.0
     assert is_nan(mean_after(pts, "g", 30))
+
+
+def test_joint_verdict_any_and_all():
+    from experiments.common import joint_verdict
+
+    assert joint_verdict(["held", "held"], refuted_by="any") == "held"
+    assert joint_verdict(["held", "refuted"], refuted_by="any") == "refuted"
+    assert joint_verdict(["held", "refuted"], refuted_by="all") == "inconclusive"
+    assert joint_verdict(["refuted", "refuted"], refuted_by="all") == "refuted"
+    assert joint_verdict(["held", "inconclusive"], refuted_by="any") == "inconclusive"
+    with pytest.raises(ValueError, match="refuted_by"):
+        joint_verdict(["held"], refuted_by="most")
