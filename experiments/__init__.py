@@ -60,7 +60,7 @@ def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None,
     runs = Path(runs) if runs is not None else Path("runs") / "experiments" / (
         f"{name}-quick" if quick else name)
     ctx = Ctx(name=name, quick=quick, seeds=seeds, out=out, runs=runs.resolve(),
-              world_overrides=list(getattr(mod, "WORLD", ())))
+              world_overrides=list(getattr(mod, "WORLD", ())), commit=code["commit"])
     t0 = time.perf_counter()
     try:
         result = mod.run(ctx)  # starts Ray at its first run that is not cached

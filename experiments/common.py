@@ -42,6 +42,7 @@ class Ctx:
     timings: dict[str, float] = field(default_factory=dict)
     ray_started: bool = False  # Ray started by run_arm (shut down by run_experiment)
     world_overrides: list[str] = field(default_factory=list)  # the experiment's world (task.*)
+    commit: str = ""  # the code's commit (run_experiment sets it): part of the run cache key
 
     @property
     def label(self) -> str:
@@ -90,14 +91,13 @@ def run_arm(ctx: Ctx, arm: str, seed: int, overrides: Sequence[str]) -> list[dic
     """Train one arm with one seed through `services.bootstrap.train`; the metrics rows."""
     import time
 
-    from experiments import provenance
     from services.bootstrap import train
 
     cfg = load_cfg(ctx, [*overrides, f"name={ctx.name}-{arm}-s{seed}", f"seed={seed}"])
     run_dir = cfg.path
     # a finished run is reused only for the same config, world build and code
     wanted = {"config": cfg.model_dump(mode="json"), "world": world(ctx).root.name,
-              "commit": provenance()["commit"]}
+              "commit": ctx.commit}
     done, stamp = run_dir / "summary.json", run_dir / "experiment.json"
     same = (done.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == wanted)
     if same:
@@ -182,6 +182,12 @@ def heldout_points(rows: list[dict], every: int) -> list[dict]:
             | ({"ppl_drift": ppl[step]} if step in ppl else {})
             for (step, gold), (_, kl) in zip(series(rows, "eval/gold"),
                                              series(rows, "eval/kl_init"), strict=True)]
+
+
+def heldout_gold_at_end(rows: list[dict], every: int, steps: int, last: int) -> float:
+    """Mean held-out gold over the eval points in the last `last` of `steps` steps."""
+    golds = [p["gold"] for p in heldout_points(rows, every) if p["step"] > steps - last]
+    return statistics.fmean(golds) if golds else math.nan
 
 
 def front_at(points: list[tuple[float, float]], x: float) -> float:

@@ -35,6 +35,7 @@ from experiments.common import (
     bootstrap_ci,
     fmt,
     fmt_ci,
+    heldout_gold_at_end,
     heldout_points,
     joint_verdict,
     mean_se,
@@ -105,12 +106,8 @@ def run(ctx: Ctx) -> dict:
         for arm, extra in AGGS.items():
             runs[arm].append(run_arm(ctx, arm, seed, [*common, *extra]))
 
-    def endpoint(rows: list[dict]) -> float:
-        pts = [p for p in heldout_points(rows, z["eval_every"])
-               if p["step"] > z["steps"] - z["endpoint_steps"]]
-        return statistics.fmean(p["gold"] for p in pts) if pts else math.nan
-
-    ends = {arm: [endpoint(r) for r in rs] for arm, rs in runs.items()}
+    ends = {arm: [heldout_gold_at_end(r, z["eval_every"], z["steps"], z["endpoint_steps"])
+                  for r in rs] for arm, rs in runs.items()}
     ppo_ci = {a: paired_t_ci(ends[a], ends["single"]) for a in AGGS}
     ppo_v = {a: verdict(ci, EFFECT) for a, ci in ppo_ci.items()}
     v1 = joint_verdict(ppo_v.values(), refuted_by="all")

@@ -25,6 +25,7 @@ from experiments.common import (
     Ctx,
     fmt,
     fmt_ci,
+    heldout_gold_at_end,
     heldout_points,
     joint_verdict,
     mean_se,
@@ -72,13 +73,8 @@ def arms(z: dict) -> dict[str, list[str]]:
 def run(ctx: Ctx) -> dict:
     z = sizes(ctx)
     runs = run_arms(ctx, arms(z))
-
-    def endpoint(rows: list[dict]) -> float:
-        pts = [p["gold"] for p in heldout_points(rows, z["eval_every"])
-               if p["step"] > z["steps"] - z["endpoint_steps"]]
-        return statistics.fmean(pts) if pts else float("nan")
-
-    final = {a: [endpoint(r) for r in seeds] for a, seeds in runs.items()}
+    final = {a: [heldout_gold_at_end(r, z["eval_every"], z["steps"], z["endpoint_steps"])
+                 for r in seeds] for a, seeds in runs.items()}
     stale = {a: [statistics.fmean(x["rollout/staleness_mean"] for x in r) for r in seeds]
              for a, seeds in runs.items()}
     degradation = paired_t_ci(final["sync"], final["stale_none"])

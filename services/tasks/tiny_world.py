@@ -387,7 +387,7 @@ def _build(task: TinyWorldConfig, out: Path, key: str, verbose: bool) -> None:
     probe.load_state_dict(average_state_dicts(sds))
     soup_nll = mean_nll(probe, heldout_docs, pad)
     del probe
-    spread = ingredient_spread(sds, load_policy(out / "base")[0].state_dict())
+    spread = ingredient_spread(sds, base.state_dict())
     phase("soup")
 
     # 6. preference pairs from sft-0 samples, gold labels, label noise ---------------------

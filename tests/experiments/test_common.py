@@ -391,3 +391,14 @@ def test_joint_verdict_any_and_all():
     assert joint_verdict(["held", "inconclusive"], refuted_by="any") == "inconclusive"
     with pytest.raises(ValueError, match="refuted_by"):
         joint_verdict(["held"], refuted_by="most")
+
+
+def test_heldout_gold_at_end_averages_the_eval_points_in_the_last_steps():
+    from experiments.common import heldout_gold_at_end
+
+    rows = [{"step": s, "reward/proxy": 0.0} for s in range(1, 11)]
+    for s, g in ((5, 0.1), (8, 0.4), (10, 0.6)):
+        rows[s - 1].update({"eval/gold": g, "eval/kl_init": 1.0})
+    assert heldout_gold_at_end(rows, 1, 10, 3) == pytest.approx(0.5)  # steps 8 and 10
+    assert heldout_gold_at_end(rows, 1, 10, 10) == pytest.approx(1.1 / 3)
+    assert is_nan(heldout_gold_at_end(rows, 1, 10, 0))  # no eval point in the window
