@@ -46,14 +46,15 @@ def vllm_available() -> bool:
 
 
 def make_engine(kind: str, model_dir: str | Path, *, seed: int = 0,
-                max_prompt_tokens: int | None = None) -> RolloutEngine:
-    """`auto` picks vLLM when it imports, else transformers."""
+                max_prompt_tokens: int | None = None, dtype: str = "float32") -> RolloutEngine:
+    """`auto` picks vLLM when it imports, else transformers. `dtype`: the engine's weights and
+    compute (snapshots are published in it)."""
     if kind == "auto":
         kind = "vllm" if vllm_available() else "hf"
     if kind == "vllm":
-        return VLLMEngine(model_dir, seed=seed, max_prompt_tokens=max_prompt_tokens)
+        return VLLMEngine(model_dir, seed=seed, max_prompt_tokens=max_prompt_tokens, dtype=dtype)
     if kind == "hf":
-        return HFEngine(model_dir, seed=seed, max_prompt_tokens=max_prompt_tokens)
+        return HFEngine(model_dir, seed=seed, max_prompt_tokens=max_prompt_tokens, dtype=dtype)
     raise ValueError(f"unknown rollout engine '{kind}' (valid: auto, hf, vllm)")
 
 
@@ -78,13 +79,14 @@ class HFEngine:
     name = "hf"
 
     def __init__(self, model_dir: str | Path, *, seed: int = 0,
-                 max_prompt_tokens: int | None = None) -> None:
+                 max_prompt_tokens: int | None = None, dtype: str = "float32") -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.seed, self.max_prompt_tokens = seed, max_prompt_tokens
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.tokenizer.padding_side = "left"
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True,
+                                                          dtype=getattr(torch, dtype))
         self.model.eval()
         self._base_state: dict[str, torch.Tensor] | None = None  # for LoRA merges
 
@@ -165,7 +167,7 @@ class VLLMEngine:
     name = "vllm"
 
     def __init__(self, model_dir: str | Path, *, seed: int = 0,
-                 max_prompt_tokens: int | None = None) -> None:
+                 max_prompt_tokens: int | None = None, dtype: str = "float32") -> None:
         # One process per actor, CPU KV cache in GiB, no hub. On CPU, vLLM would bind one
         # OpenMP thread to every core of the machine in every worker ("auto"), so N workers
         # and the learner fight over the same cores; "nobind" keeps the thread count the
@@ -183,7 +185,7 @@ class VLLMEngine:
         self.max_positions = config.max_position_embeddings
         self.llm = LLM(
             model=str(model_dir),
-            dtype="float32",  # match the learner's fp32 log-probs on CPU
+            dtype=dtype,  # the config's rollout.dtype (float32 on CPU, as the learner)
             seed=seed,
             enforce_eager=True,
             max_model_len=self.max_positions,

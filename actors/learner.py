@@ -45,7 +45,10 @@ class LearnerActor:
     def __init__(self, settings: PPOSettings, start_dir: str, soup_dirs: list[str], *,
                  init: str = "sft", soup_weights: list[float] | None = None,
                  lora: LoraSettings | None = None, temperature: float = 1.0, seed: int = 0,
-                 pad_token_id: int) -> None:
+                 pad_token_id: int, compute_dtype: str = "float32",
+                 publish_dtype: str | None = None) -> None:
+        """compute_dtype: the learner's autocast dtype; publish_dtype: the dtype of the
+        snapshots workers load (None = the checkpoint's)."""
         use_assigned_cpus()
         torch.manual_seed(seed)
         policy, soup = build_policy(Path(start_dir), [Path(d) for d in soup_dirs], init=init,
@@ -53,9 +56,13 @@ class LearnerActor:
                                     with_soup=settings.kl.reference == "soup")
         self.pad_token_id = pad_token_id
         # Under LoRA the base weights never change: workers load them once, then adapters.
-        self.base = snapshot_from_model(policy, 0) if lora is not None else None
+        publish = None if publish_dtype is None else getattr(torch, publish_dtype)
+        self.base = (snapshot_from_model(policy, 0, dtype=publish) if lora is not None
+                     else None)
         self.trainer = PPOTrainer(policy, settings, pad_token_id=pad_token_id, soup_state=soup,
-                                  lora=lora, temperature=temperature, seed=seed)
+                                  lora=lora, temperature=temperature, seed=seed,
+                                  compute_dtype=getattr(torch, compute_dtype),
+                                  publish_dtype=publish)
         self.puts = 0  # ray.put calls: exactly one per published version
 
     def _put(self, snap) -> ray.ObjectRef:

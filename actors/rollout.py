@@ -20,13 +20,13 @@ class RolloutWorker:
 
     def __init__(
         self, worker_id: str, model_dir: str | Path, engine: str, sampling: Sampling, seed: int,
-        max_prompt_tokens: int | None = None,
+        max_prompt_tokens: int | None = None, dtype: str = "float32",
     ) -> None:
         use_assigned_cpus()
         self.worker_id = worker_id
         self.sampling = sampling
         self.engine = make_engine(engine, model_dir, seed=seed,
-                                  max_prompt_tokens=max_prompt_tokens)
+                                  max_prompt_tokens=max_prompt_tokens, dtype=dtype)
         self.version = -1  # no snapshot loaded yet: generate() refuses to run
         self.loaded: tuple[int, str] | None = None  # (version, kind) last loaded
         self.load_seconds = 0.0

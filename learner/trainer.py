@@ -21,9 +21,16 @@ Design choices (documented here because the originals differ):
   no_grad (no second copy of the model); a soup reference is a frozen copy of the policy
   loaded with the soup state (the soup differs in every weight, base included).
 - Models run in eval mode (dropout off), as is usual for RLHF.
-- A non-finite score, loss or gradient norm skips the whole step: policy, critic, optimizers,
-  EMA, counters and RNG are restored to their pre-step state (a pre-step copy is kept, so peak
-  memory includes one extra copy of the trainable state); `step/skipped` is 1.
+- Mixed precision: the master weights and Adam's moments are fp32 whatever the checkpoint's
+  dtype (Adam stepping bf16 weights rounds away every update below bf16's spacing); forwards
+  run under autocast in `compute_dtype` (bf16 on GPU, fp32 on CPU by default). Snapshots
+  (published weights, exports) are cast back to the checkpoint's dtype (`weights_dtype`).
+- Nothing is copied per step. Non-finite values are caught before they reach the weights: a
+  non-finite score (or too few tokens to whiten) skips the step before any update; a
+  non-finite loss or gradient norm skips that optimizer step (`optimizer.step()` is not called)
+  and ends the iteration's updates there. An iteration that applied no update is skipped
+  (`step/skipped` 1, version unchanged); one that applied some counts, with
+  `step/nonfinite_updates` 1. Only the minibatch order's generator has advanced.
 - Elastic Reset happens at the end of iterations reset_every, 2 * reset_every, ... (counted
   from 1, skipped steps not counted); see learner/elastic_reset.py.
 """
@@ -33,7 +40,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -107,6 +114,14 @@ class RolloutBatch:
         return cls(query, query_mask, response, response_mask, scores,
                    logprobs if has_logprobs else None, groups)
 
+    def to(self, device: torch.device) -> RolloutBatch:
+        """The batch with every tensor on `device` (itself if they are there already)."""
+        if self.query.device == device:
+            return self
+        return RolloutBatch(*(None if t is None else t.to(device) for t in (
+            self.query, self.query_mask, self.response, self.response_mask, self.scores,
+            self.logprobs, self.groups)))
+
     def model_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask, position_ids), each (B, P + T); positions skip the
         left padding, as `generate` numbers them."""
@@ -152,6 +167,9 @@ class PPOTrainer:
         lora: LoraSettings | None = None,
         temperature: float = 1.0,
         seed: int = 0,
+        compute_dtype: torch.dtype = torch.float32,
+        publish_dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
     ) -> None:
         s = self.settings = settings
         er = s.elastic_reset
@@ -159,7 +177,13 @@ class PPOTrainer:
         self.pad_token_id = int(pad_token_id)
         get_kl_estimator(s.kl.estimator)
         self.generator = torch.Generator().manual_seed(seed)
-        policy.eval()
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.compute_dtype = compute_dtype
+        self.weights_dtype = next(policy.parameters()).dtype  # the checkpoint's: exported as
+        self.publish_dtype = publish_dtype or self.weights_dtype
+        policy.to(self.device).eval()
+        if lora is None:
+            policy.float()  # fp32 master weights; under LoRA the frozen base keeps its dtype
 
         # KL reference "soup": a frozen copy of the policy loaded with the soup (HF names)
         self.ref_model: nn.Module | None = None
@@ -168,7 +192,8 @@ class PPOTrainer:
                 raise ValueError("kl_reference='soup' needs soup_state (the averaged state dict)")
             self.ref_model = copy.deepcopy(policy)
             self.ref_model.load_state_dict(soup_state, strict=True)
-            self.ref_model.requires_grad_(False).eval()
+            # frozen: no master copy needed, it runs (and is kept) in the compute dtype
+            self.ref_model.to(compute_dtype).requires_grad_(False).eval()
 
         # critic (GAE only): a copy of the initial trunk + a scalar head
         trunk = copy.deepcopy(policy.base_model) if s.estimator == "gae" else None
@@ -182,9 +207,12 @@ class PPOTrainer:
             policy = get_peft_model(policy, LoraConfig(
                 task_type="CAUSAL_LM", r=lora.rank, lora_alpha=lora.alpha,
                 target_modules=lora.target_modules))
-        self.critic = (None if trunk is None else
-                       Critic(trunk, policy.config.hidden_size, self.generator).eval())
+        self.critic = (None if trunk is None else Critic(
+            trunk, policy.config.hidden_size, self.generator).to(self.device).eval())
         self.policy = policy.eval()
+        for model in (self.policy, self.critic):  # fp32 master weights of what trains
+            for t in ([] if model is None else trainable_tensors(model).values()):
+                t.data = t.data.float()
 
         # initial weights (EMA reset target, init reference, drift metric), EMA, optimizers
         self.init = clone_tensors(trainable_tensors(self.policy))
@@ -206,10 +234,16 @@ class PPOTrainer:
 
     # -- forward helpers ---------------------------------------------------------------------
 
+    def _autocast(self):
+        if self.compute_dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
+
     def _logprobs(self, model: nn.Module, inputs: tuple, batch_rows, plen: int,
                   response: torch.Tensor, with_entropy: bool = False):
         ids, attn, pos = (x[batch_rows] for x in inputs)
-        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
+        with self._autocast():
+            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
         t = response.shape[1]
         logits = out.logits[:, plen - 1: plen + t - 1].float() / self.temperature
         logp = logprobs_from_logits(logits, response)
@@ -220,7 +254,9 @@ class PPOTrainer:
 
     def _values(self, inputs: tuple, batch_rows, plen: int, tlen: int) -> torch.Tensor:
         ids, attn, pos = (x[batch_rows] for x in inputs)
-        return self.critic(ids, attn, pos)[:, plen - 1: plen + tlen - 1]
+        with self._autocast():
+            values = self.critic(ids, attn, pos)
+        return values[:, plen - 1: plen + tlen - 1].float()
 
     @contextmanager
     def _policy_weights(self, tensors: dict[str, torch.Tensor]):
@@ -245,6 +281,7 @@ class PPOTrainer:
     def compute_logprobs(self, batch: RolloutBatch, which: str = "policy") -> torch.Tensor:
         """(B, T) log-probs of the batch's responses under the policy or a reference
         (`which`: policy | init | ema | soup), 0 on padding."""
+        batch = batch.to(self.device)
         inputs = batch.model_inputs()
         plen = batch.query.shape[1]
         if which == "policy":
@@ -285,7 +322,7 @@ class PPOTrainer:
         """One PPO iteration on `batch`; returns namespaced scalar stats."""
         t0 = time.perf_counter()
         s = self.settings
-        backup = self._backup()
+        batch = batch.to(self.device)
         inputs = batch.model_inputs()
         b, plen = batch.query.shape
         tlen = batch.response.shape[1]
@@ -294,10 +331,10 @@ class PPOTrainer:
         response = batch.response
         scores = batch.scores.float()
         if not torch.isfinite(scores).all():
-            return self._skip(backup, t0, "score")
+            return self._skip(t0, "score")
 
         if s.whiten_advantages and mask.sum() < 2:  # no variance to whiten with
-            return self._skip(backup, t0, "degenerate")
+            return self._skip(t0, "degenerate")
 
         # 1. experience: old (proximal) / reference / init log-probs and values, without grad
         with torch.no_grad():
@@ -334,17 +371,19 @@ class PPOTrainer:
         policy_params = list(trainable_tensors(self.policy).values())
         critic_params = list(self._critic_tensors().values())
         acc: dict[str, list[float]] = {}
+        optimizers = [o for o in (self.policy_opt, self.critic_opt) if o is not None]
+        updates, nonfinite = 0, None
         for _ in range(s.ppo_epochs):
             perm = torch.randperm(b, generator=self.generator)
             for start in range(0, b, mb):
-                idx = perm[start: start + mb]
+                idx = perm[start: start + mb].to(self.device)
                 m = mask[idx]
                 logp, entropy = self._logprobs(self.policy, inputs, idx, plen, response[idx],
                                                with_entropy=True)
                 pg_loss, pg_stats = policy_loss(logp, old_logp[idx], advantages[idx], m,
                                                 s.clip_eps,
                                                 None if weights is None else weights[idx])
-                vf_loss, vf_clip = torch.zeros(()), torch.zeros(())
+                vf_loss, vf_clip = torch.zeros((), device=self.device), torch.zeros(())
                 if self.critic is not None:
                     values = self._values(inputs, idx, plen, tlen)
                     vf_loss, vf_stats = value_loss(values, old_values[idx], returns[idx], m,
@@ -354,22 +393,24 @@ class PPOTrainer:
                 # The critic is a separate model with its own Adam and clip: a weight on its
                 # loss would only rescale its gradient, which Adam undoes (value_lr sets its pace)
                 loss = pg_loss + vf_loss - s.ent_coef * ent
-                kl_loss = torch.zeros(())
+                kl_loss = torch.zeros((), device=self.device)
                 if s.kl.mode == "loss":
                     kl_loss = masked_mean(kl_per_token(logp, ref_logp[idx], s.kl.estimator), m)
                     loss = loss + beta * kl_loss
-                if not torch.isfinite(loss):
-                    return self._skip(backup, t0, "loss")
-                optimizers = [o for o in (self.policy_opt, self.critic_opt) if o is not None]
                 for o in optimizers:
                     o.zero_grad(set_to_none=True)
+                if not torch.isfinite(loss):
+                    nonfinite = "loss"
+                    break
                 loss.backward()
                 gn = torch.nn.utils.clip_grad_norm_(policy_params, s.max_grad_norm)
                 gv = torch.nn.utils.clip_grad_norm_(critic_params, s.max_grad_norm)
                 if not (torch.isfinite(gn) and torch.isfinite(gv)):
-                    return self._skip(backup, t0, "grad")
-                for o in optimizers:
+                    nonfinite = "grad"
+                    break
+                for o in optimizers:  # only now does anything change
                     o.step()
+                updates += 1
                 if self.elastic is not None:
                     self.elastic.on_step(self.policy)
                 for k, v in (("loss/policy", pg_loss), ("loss/value", vf_loss),
@@ -379,8 +420,14 @@ class PPOTrainer:
                              ("policy/entropy", ent), ("value/clipfrac", vf_clip),
                              ("grad/norm", gn), ("grad/value_norm", gv)):
                     acc.setdefault(k, []).append(float(v.detach()))
+            if nonfinite:
+                break
             if self.elastic is not None:
                 self.elastic.on_epoch(self.policy)
+        for o in optimizers:
+            o.zero_grad(set_to_none=True)  # no gradient memory held between steps
+        if updates == 0:
+            return self._skip(t0, nonfinite or "empty")
 
         # 5. EMA / Elastic Reset, KL controller
         reset = False
@@ -420,16 +467,15 @@ class PPOTrainer:
             "elastic/resets": float(self.elastic.schedule.resets if self.elastic else 0),
             **{f"offpolicy/{k}": float(v) for k, v in off_stats.items()},
             "step/skipped": 0.0,
+            "step/nonfinite_updates": float(nonfinite is not None),
+            "step/updates": float(updates),
             "step/version": float(self.version),
             "time/step_s": time.perf_counter() - t0,
         })
         return stats
 
-    def _backup(self) -> dict:
-        return copy.deepcopy(self._state(include_init=False))
-
-    def _skip(self, backup: dict, t0: float, reason: str) -> dict[str, float]:
-        self._load_state(backup)
+    def _skip(self, t0: float, reason: str) -> dict[str, float]:
+        """Nothing was updated: count the skip (no state to restore)."""
         self.skipped += 1
         return {"step/skipped": 1.0, "step/skipped_total": float(self.skipped),
                 "step/version": float(self.version), "elastic/reset": 0.0,
@@ -438,13 +484,14 @@ class PPOTrainer:
     # -- weights and state -------------------------------------------------------------------
 
     def snapshot(self, version: int | None = None, copy: bool = True) -> WeightSnapshot:
-        """The policy's weights (the LoRA adapter only, under LoRA) as a WeightSnapshot;
-        copy=False: views of the live parameters (`snapshot_from_model`)."""
+        """The policy's weights (the LoRA adapter only, under LoRA) as a WeightSnapshot in
+        `publish_dtype`; copy=False: views of the live parameters where no cast is needed
+        (`snapshot_from_model`)."""
         kind = "full" if self.lora is None else "lora"
         return snapshot_from_model(self.policy, self.version if version is None else version,
-                                   kind, copy=copy)
+                                   kind, copy=copy, dtype=self.publish_dtype)
 
-    def _state(self, include_init: bool = True) -> dict:
+    def _state(self) -> dict:
         state = {
             "policy": trainable_tensors(self.policy),
             "critic": self._critic_tensors(),
@@ -456,10 +503,9 @@ class PPOTrainer:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "counters": {"version": self.version, "skipped": self.skipped},
+            "init": self.init,
+            "critic_init": self.critic_init,
         }
-        if include_init:
-            state["init"] = self.init
-            state["critic_init"] = self.critic_init
         return state
 
     def state_dict(self) -> dict:

@@ -124,10 +124,14 @@ def peft_base_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _make(version: int, tensors: dict[str, torch.Tensor], kind: str, lora: dict | None,
-          copy: bool = True):
+          copy: bool = True, dtype: torch.dtype | None = None):
     arrays, raw = {}, {}
     for k, t in tensors.items():
-        arrays[k], dt = _to_numpy(t, copy)
+        if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+            t, copy_t = t.detach().to("cpu", dtype), False  # the cast is the copy
+        else:
+            copy_t = copy
+        arrays[k], dt = _to_numpy(t, copy_t)
         if dt:
             raw[k] = dt
     return WeightSnapshot(version=version, tensors=arrays, kind=kind,  # type: ignore[arg-type]
@@ -136,7 +140,8 @@ def _make(version: int, tensors: dict[str, torch.Tensor], kind: str, lora: dict 
 
 @torch.no_grad()
 def snapshot_from_model(
-    model: nn.Module, version: int, kind: Literal["full", "lora"] = "full", copy: bool = True
+    model: nn.Module, version: int, kind: Literal["full", "lora"] = "full", copy: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> WeightSnapshot:
     """Copy a model's weights into a snapshot.
 
@@ -148,17 +153,21 @@ def snapshot_from_model(
     the snapshot to `ray.put` (which copies it into the object store) before the next optimiser
     step, and then drops it. Cloning first would copy every byte twice: for the tiny policy the
     clone (into freshly faulted pages) was ~30 of the publish's ~55 ms (BENCHMARKS.md, figure 2).
+
+    dtype: floating tensors are cast to it (a learner's fp32 master weights published in the
+    checkpoint's bf16); None keeps each tensor's own dtype.
     """
     if kind == "lora":
         if not is_peft_model(model):
             raise ValueError("snapshot_from_model: kind='lora' needs a peft model")
-        return _make(version, lora_tensors(model), "lora", lora_info(model), copy)
+        return _make(version, lora_tensors(model), "lora", lora_info(model), copy, dtype)
     if kind != "full":
         raise ValueError(f"unknown snapshot kind '{kind}'; valid: full, lora")
     if is_peft_model(model):  # merged weights are new tensors; the unadapted ones are not
         lora = snapshot_from_model(model, version, "lora", copy=False)
-        return _make(version, merge_lora(peft_base_state(model), lora), "full", None, copy)
-    return _make(version, dict(model.state_dict()), "full", None, copy)
+        return _make(version, merge_lora(peft_base_state(model), lora), "full", None, copy,
+                     dtype)
+    return _make(version, dict(model.state_dict()), "full", None, copy, dtype)
 
 
 def _check_names(caller: str, snap: WeightSnapshot, targets: dict) -> None:

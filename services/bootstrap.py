@@ -10,7 +10,6 @@ import math
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import ray
 from tqdm import tqdm
@@ -21,7 +20,7 @@ from actors.learner import LearnerActor
 from actors.reward import RewardMember, RewardPool, RewardSpec
 from actors.rollout import RolloutWorker
 from actors.scoring import pad_token_id
-from services.config import ConfigError, Placement, RunConfig
+from services.config import ConfigError, Placement, RunConfig, model_context, model_dtype
 from services.control import start_controller
 from services.errors import RunFailed
 from services.evaluation import HeldOut
@@ -90,8 +89,8 @@ class Fleet:
         start_dir = cfg.policy.model_dir or str(self.task.policy_dirs[0])
         return ActorGroup("rollout", lambda name: remote(
             RolloutWorker, cfg.rollout, f"{cfg.name}:{name}", cfg.cluster.namespace).remote(
-                name, start_dir, cfg.rollout.engine, cfg.rollout.sampling, cfg.seed,
-                self.task.max_prompt_tokens),
+                name, start_dir, cfg.engine_kind(), cfg.rollout.sampling, cfg.seed,
+                self.task.max_prompt_tokens, cfg.rollout_dtype(model_dtype(start_dir))),
             on_start=on_start)
 
     def rewards(self, on_failure: Callable[[Member, Exception], None]) -> RewardPool:
@@ -105,7 +104,9 @@ class Fleet:
 
 def learner_args(cfg: RunConfig, task: Task, tokenizer) -> dict:
     """LearnerActor's arguments for this run (the driver's actor, and `raylign export`)."""
-    return {"settings": cfg.learner_settings(),
+    stored = model_dtype(cfg.policy.model_dir or task.policy_dirs[0])
+    return {"settings": cfg.learner_settings(stored),
+            "compute_dtype": cfg.learner_dtype(), "publish_dtype": cfg.rollout_dtype(stored),
             "start_dir": cfg.policy.model_dir or str(task.policy_dirs[0]),
             "soup_dirs": [str(d) for d in task.policy_dirs], "init": cfg.policy.init,
             "soup_weights": cfg.learner.soup_weights, "lora": cfg.policy.lora,
@@ -194,8 +195,7 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 def check_context(cfg: RunConfig, task: Task) -> None:
     """max_new_tokens must leave the policy's context room for a prompt."""
-    start = Path(cfg.policy.model_dir or task.policy_dirs[0])
-    context = json.loads((start / "config.json").read_text()).get("max_position_embeddings")
+    context = model_context(cfg.policy.model_dir or task.policy_dirs[0])
     if context is not None and cfg.rollout.sampling.max_new_tokens >= context:
         raise ConfigError(f"rollout.sampling.max_new_tokens ({cfg.rollout.sampling.max_new_tokens})"
                           f" leaves no room for a prompt in the policy's context ({context})")

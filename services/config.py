@@ -141,8 +141,14 @@ class RolloutConfig(Resources):
                       "processes: where they share a node's cores with the learner (nice 0), "
                       "the learner gets more CPU under contention")
     engine: Literal["auto", "hf", "vllm"] = Field(
-        "auto", description="auto = vllm if importable, else hf (transformers)"
+        "auto", description="auto = vllm if the driver's Python has it, else hf (transformers); "
+        "resolved once by the driver and given to every worker and the learner (on a cluster "
+        "where only the workers have vLLM, say vllm)"
     )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="the engines' weights and compute: auto = the checkpoint's dtype "
+        "where the workers have a GPU (num_gpus > 0), float32 on CPU; the learner publishes "
+        "its weights in this dtype")
     prompts_per_batch: int = Field(8, ge=1, description="prompts in one generate() call")
     max_generating_during_step: int | None = Field(
         None, ge=0, description="generate calls in flight, over all workers, while the learner "
@@ -206,7 +212,12 @@ class RewardConfig(Resources):
 
 @dataclass(frozen=True, config=STRICT)
 class LearnerConfig(Placement, PPOSettings):
-    """The learner actor: one (data-parallel learners are not implemented), PPO settings."""
+    """The learner actor and its PPO settings."""
+
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="the learner's compute dtype (autocast): auto = bfloat16 where the "
+        "learner has a GPU (num_gpus > 0), else float32. Master weights and the optimizer "
+        "state are float32 whatever this and the checkpoint's dtype")
 
     steps: int = Field(20, ge=1, description="PPO iterations (learner versions) to run")
     epochs: float | None = Field(None, gt=0,
@@ -377,15 +388,33 @@ class RunConfig(Strict):
                              "models: the tiny world with task.num_sft_seeds >= 2")
         return self
 
-    def learner_settings(self) -> LearnerConfig:
+    def engine_kind(self) -> str:
+        """rollout.engine resolved (auto: vllm if this Python can import it, else hf): the
+        driver decides once and tells the workers and the learner."""
+        if self.rollout.engine != "auto":
+            return self.rollout.engine
+        return "vllm" if importlib.util.find_spec("vllm") else "hf"
+
+    def learner_dtype(self) -> str:
+        """learner.dtype resolved: auto = bfloat16 with a GPU, float32 without."""
+        if self.learner.dtype != "auto":
+            return self.learner.dtype
+        return "bfloat16" if self.learner.num_gpus > 0 else "float32"
+
+    def rollout_dtype(self, checkpoint_dtype: str) -> str:
+        """rollout.dtype resolved: auto = the checkpoint's dtype with a GPU, float32 without."""
+        if self.rollout.dtype != "auto":
+            return self.rollout.dtype
+        return checkpoint_dtype if self.rollout.num_gpus > 0 else "float32"
+
+    def learner_settings(self, checkpoint_dtype: str = "float32") -> LearnerConfig:
         """The learner section with `off_policy` resolved: None -> tis if samples can be off
-        the learner's policy (max_staleness > 0, or a vLLM engine's numerics), else none."""
+        the learner's policy (max_staleness > 0, a vLLM engine's numerics, or engines that
+        compute in another dtype than the learner), else none."""
         if self.learner.off_policy is not None:
             return self.learner
-        engine = self.rollout.engine
-        if engine == "auto":
-            engine = "vllm" if importlib.util.find_spec("vllm") else "hf"
-        off = self.rollout.max_staleness > 0 or engine == "vllm"
+        off = (self.rollout.max_staleness > 0 or self.engine_kind() == "vllm"
+               or self.rollout_dtype(checkpoint_dtype) != self.learner_dtype())
         return dataclasses.replace(self.learner, off_policy="tis" if off else "none")
 
     def digest(self) -> str:
@@ -607,6 +636,23 @@ def check_model_dir(path: str | Path) -> str | None:
     return None
 
 
+def model_context(model_dir: str | Path) -> int | None:
+    """The positions a model dir's architecture takes (`max_position_embeddings`, read through
+    AutoConfig, which maps GPT-2's `n_positions` onto it); None if its config has none."""
+    from transformers import AutoConfig
+
+    return getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", None)
+
+
+def model_dtype(model_dir: str | Path) -> str:
+    """The dtype a model dir's weights are stored in (its config's `dtype`; float32 if unset)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return str(dtype).removeprefix("torch.") if dtype is not None else "float32"
+
+
 def _safetensors_size(path: Path) -> int:
     """The file size a safetensors header promises: 8 + header + the largest data offset."""
     with open(path, "rb") as f:
@@ -642,8 +688,7 @@ def _check_paths(cfg: RunConfig, source: str, lines: dict) -> None:
         path = getattr(cfg.task, key)
         if path is not None and not Path(path).exists():
             fail(("task", key), f"no such file or directory '{path}'")
-    context = json.loads((Path(cfg.policy.model_dir) / "config.json").read_text()).get(
-        "max_position_embeddings")
+    context = model_context(cfg.policy.model_dir)
     need = cfg.task.max_prompt_tokens + cfg.rollout.sampling.max_new_tokens
     if context is not None and need > context:
         fail(("task", "max_prompt_tokens"), f"task.max_prompt_tokens + rollout.sampling."

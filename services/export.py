@@ -90,8 +90,11 @@ def load_trainer(cfg, task, learner_dir: Path | None = None):
     return trainer
 
 
-def _write_model_dir(model, out: Path, tokenizer, generation: dict) -> None:
-    """An HF model dir: config, weights (safetensors), generation config, tokenizer."""
+def _write_model_dir(model, out: Path, tokenizer, generation: dict,
+                     dtype: torch.dtype) -> None:
+    """An HF model dir in `dtype` (the checkpoint's: the learner's fp32 master weights are
+    cast back): config, weights (safetensors), generation config, tokenizer."""
+    model.to(dtype)
     model.generation_config.update(**generation)
     model.save_pretrained(out)  # transformers 5 writes safetensors only
     tokenizer.save_pretrained(out)
@@ -141,13 +144,13 @@ def export_run(run_dir: str | Path, step: int | None = None, merge_lora: bool = 
         written: list[str] = []
         policy = trainer.policy
         if not lora:
-            _write_model_dir(policy, tmp, tokenizer, generation)
+            _write_model_dir(policy, tmp, tokenizer, generation, trainer.weights_dtype)
             written.append(".")
         else:
             base_path = str(start_dir)
             if cfg.policy.init == "soup":  # the adapter applies to the soup, not to start_dir
                 _write_model_dir(copy.deepcopy(policy).unload(), tmp / "base", tokenizer,
-                                 generation)
+                                 generation, trainer.weights_dtype)
                 base_path = str((final / "base").resolve())
                 written.append("base")
                 _say("wrote base/ (the soup the adapter applies to)")
@@ -158,7 +161,7 @@ def export_run(run_dir: str | Path, step: int | None = None, merge_lora: bool = 
             _say(f"wrote adapter/ (base: {base_path})")
             if merge_lora:
                 _write_model_dir(copy.deepcopy(policy).merge_and_unload(), tmp / "merged",
-                                 tokenizer, generation)
+                                 tokenizer, generation, trainer.weights_dtype)
                 written.append("merged")
                 _say("wrote merged/ (the adapter merged into the base)")
         meta = {"step": step_n, "version": trainer.version, "source_run": str(run_dir.resolve()),

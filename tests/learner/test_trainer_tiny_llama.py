@@ -163,6 +163,19 @@ def test_save_load_resume_is_exact(tmp_path):
     assert not list(tmp_path.glob("ckpt/*.pt")) and not list(tmp_path.glob("ckpt/*.bin"))
 
 
+def _poison_values(tr, call):
+    """Make the critic's `call`-th forward of a step infinite (1 = experience, 2 = the first
+    minibatch, 3 = the second)."""
+    real, calls = tr._values, {"n": 0}
+
+    def poisoned(*args):
+        calls["n"] += 1
+        v = real(*args)
+        return v * float("inf") if calls["n"] == call else v
+
+    tr._values = poisoned
+
+
 def test_nan_score_skips_step_and_keeps_weights():
     settings = PPOSettings(minibatch_size=4, elastic_reset=ER(enabled=True, reset_every=1))
     tr = PPOTrainer(tiny_llama(0), settings, pad_token_id=0)
@@ -171,28 +184,34 @@ def test_nan_score_skips_step_and_keeps_weights():
     bad = sample(tr, seed=2, b=8)
     bad.scores[3] = float("nan")
     stats = tr.step(bad)
-    assert stats["step/skipped"] == 1 and tr.version == 1
+    assert stats["step/skipped"] == 1 and stats["step/skip_score"] == 1 and tr.version == 1
     now = tr.state_dict()
     for group in ("policy", "critic"):
         assert all(torch.equal(now[group][k], state[group][k]) for k in state[group])
     assert now["elastic"]["schedule"] == state["elastic"]["schedule"]
-    # a non-finite loss mid-step (after some optimizer steps) also restores everything
-    real = tr._values
-    calls = {"n": 0}
-
-    def poisoned(*args):
-        calls["n"] += 1
-        v = real(*args)
-        return v * float("inf") if calls["n"] == 3 else v  # 1 = experience, 2 = first minibatch
-
-    tr._values = poisoned
+    # a non-finite loss on the first minibatch: no optimizer step happened, nothing changed
+    _poison_values(tr, call=2)
     stats = tr.step(sample(tr, seed=3, b=8))
-    assert stats["step/skipped"] == 1
+    assert stats["step/skipped"] == 1 and stats["step/skip_loss"] == 1 and tr.version == 1
     now = tr.state_dict()
     assert all(torch.equal(now["policy"][k], state["policy"][k]) for k in state["policy"])
-    assert all(torch.equal(now["policy_opt"]["state"][i]["exp_avg"],
+    for i in state["policy_opt"]["state"]:
+        assert torch.equal(now["policy_opt"]["state"][i]["exp_avg"],
                            state["policy_opt"]["state"][i]["exp_avg"])
-               for i in state["policy_opt"]["state"])
+
+
+def test_nonfinite_loss_mid_step_stops_the_updates_before_it():
+    """minibatch 2 of 4 is non-finite: minibatch 1's update stands, nothing after it runs."""
+    settings = PPOSettings(minibatch_size=4, ppo_epochs=2)
+    tr = PPOTrainer(tiny_llama(0), settings, pad_token_id=0)
+    _poison_values(tr, call=3)
+    stats = tr.step(sample(tr, seed=3, b=8))
+    assert stats["step/skipped"] == 0 and stats["step/nonfinite_updates"] == 1
+    assert stats["step/updates"] == 1 and tr.version == 1
+    steps = {int(v["step"]) for v in tr.policy_opt.state_dict()["state"].values()}
+    assert steps == {1}  # Adam stepped once: the poisoned update never reached it
+    assert all(torch.isfinite(p).all() for p in tr.policy.parameters())
+    assert all(p.grad is None for p in tr.policy.parameters())  # no gradient memory kept
 
 
 def test_lora_trainer_moves_only_adapters_and_snapshots_lora():

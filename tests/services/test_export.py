@@ -61,6 +61,29 @@ def full_run(micro_world, tmp_path_factory):
     return cfg, task, trainer, export_run(cfg.path)
 
 
+@pytest.fixture(scope="module")
+def bf16_sft(micro_world, tmp_path_factory):
+    """The micro world's SFT model stored in bf16 (as published checkpoints are)."""
+    out = tmp_path_factory.mktemp("bf16") / "sft"
+    start = micro_world.sft_dirs[0]
+    AutoModelForCausalLM.from_pretrained(start, dtype=torch.bfloat16).save_pretrained(out)
+    AutoTokenizer.from_pretrained(micro_world.tokenizer_dir).save_pretrained(out)
+    return out
+
+
+def test_bf16_checkpoint_trains_in_fp32_and_exports_bf16(bf16_sft, tmp_path):
+    cfg, _, trainer = trained_run(tmp_path, f"policy.model_dir={bf16_sft}")
+    assert trainer.weights_dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in trainer.policy.parameters())
+    assert cfg.learner_settings("bfloat16").off_policy == "tis"  # bf16 weights, fp32 learner
+    out = export_run(cfg.path)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.dtype == torch.bfloat16
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    trained = {k: v.to(torch.bfloat16) for k, v in trainer.policy.state_dict().items()}
+    assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
+
+
 def test_full_export_is_the_trained_policy_bit_for_bit(full_run):
     cfg, task, trainer, out = full_run
     assert out == cfg.path / "export" / "step-000001"
