@@ -27,6 +27,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from learner.distributed import like
+
 EmaUpdate = Literal["iteration", "epoch", "step"]
 EMA_UPDATES = ("iteration", "epoch", "step")
 ResetTarget = Literal["ema", "init"]
@@ -76,7 +78,7 @@ def copy_into_(
     if missing:
         raise KeyError(f"copy_into_: target lacks {missing[:5]}")
     for k, v in source.items():
-        dst[k].copy_(v)
+        dst[k].copy_(like(v, dst[k]))  # a full tensor into a shard: its part
 
 
 class ResetSchedule:

@@ -31,6 +31,9 @@ Design choices (documented here because the originals differ):
   and ends the iteration's updates there. An iteration that applied no update is skipped
   (`step/skipped` 1, version unchanged); one that applied some counts, with
   `step/nonfinite_updates` 1. Only the minibatch order's generator has advanced.
+- A learner group (`group`, world size N > 1) shards every model with FSDP2 and splits the
+  batch's forwards over the ranks so that N ranks make the update one would
+  (learner/distributed.py); LoRA is single-process only.
 - Elastic Reset happens at the end of iterations reset_every, 2 * reset_every, ... (counted
   from 1, skipped steps not counted); see learner/elastic_reset.py.
 """
@@ -48,6 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from learner.distributed import Group, full, full_state_dict, like, reshard, shard
 from learner.elastic_reset import ElasticReset, clone_tensors, copy_into_, trainable_tensors
 from learner.kl import get_kl_estimator, kl_k1, kl_k2, kl_per_token, make_kl_controller
 from learner.ppo import (
@@ -64,7 +68,7 @@ from learner.ppo import (
     value_loss,
 )
 from learner.settings import LoraSettings, PPOSettings
-from learner.weights import WeightSnapshot, snapshot_from_model
+from learner.weights import WeightSnapshot, snapshot_from_model, snapshot_from_state
 
 
 @dataclass
@@ -155,6 +159,10 @@ class PPOTrainer:
     ownership (with `lora` it is wrapped in peft in place). soup_state: the HF state dict of the
     soup, required for kl.reference="soup". temperature: the sampling temperature; log-probs are
     of softmax(logits / temperature). seed: value-head init and minibatch order.
+    compute_dtype: the forwards' dtype (autocast; float32 = off). publish_dtype: the dtype of
+    `snapshot()` (the weights rollout engines load; None = the checkpoint's, `weights_dtype`).
+    device: where the models and the batch live (None = CUDA if this process sees a GPU).
+    group: this process's rank in a learner group (None = a single process).
     """
 
     def __init__(
@@ -170,6 +178,7 @@ class PPOTrainer:
         compute_dtype: torch.dtype = torch.float32,
         publish_dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
+        group: Group | None = None,
     ) -> None:
         s = self.settings = settings
         er = s.elastic_reset
@@ -177,6 +186,10 @@ class PPOTrainer:
         self.pad_token_id = int(pad_token_id)
         get_kl_estimator(s.kl.estimator)
         self.generator = torch.Generator().manual_seed(seed)
+        self.group = group or Group()
+        if self.group.sharded and lora is not None:
+            raise ValueError("a learner group (world size > 1) trains full models only; LoRA "
+                             "runs in one learner process")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.compute_dtype = compute_dtype
         self.weights_dtype = next(policy.parameters()).dtype  # the checkpoint's: exported as
@@ -213,6 +226,10 @@ class PPOTrainer:
         for model in (self.policy, self.critic):  # fp32 master weights of what trains
             for t in ([] if model is None else trainable_tensors(model).values()):
                 t.data = t.data.float()
+        if self.group.sharded:
+            for model in (self.policy, self.critic, self.ref_model):
+                if model is not None:
+                    shard(model, compute_dtype)
 
         # initial weights (EMA reset target, init reference, drift metric), EMA, optimizers
         self.init = clone_tensors(trainable_tensors(self.policy))
@@ -244,6 +261,7 @@ class PPOTrainer:
         ids, attn, pos = (x[batch_rows] for x in inputs)
         with self._autocast():
             out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
+        reshard(model)
         t = response.shape[1]
         logits = out.logits[:, plen - 1: plen + t - 1].float() / self.temperature
         logp = logprobs_from_logits(logits, response)
@@ -256,7 +274,16 @@ class PPOTrainer:
         ids, attn, pos = (x[batch_rows] for x in inputs)
         with self._autocast():
             values = self.critic(ids, attn, pos)
+        reshard(self.critic)
         return values[:, plen - 1: plen + tlen - 1].float()
+
+    def _gathered(self, forward, *args):
+        """`forward(*args)` on this rank's rows, then every rank's rows in batch order (a
+        tuple's first item: (log-probs, None))."""
+        out = forward(*args)
+        if isinstance(out, tuple):
+            return self.group.gather_rows(out[0]), out[1]
+        return self.group.gather_rows(out)
 
     @contextmanager
     def _policy_weights(self, tensors: dict[str, torch.Tensor]):
@@ -326,7 +353,7 @@ class PPOTrainer:
         inputs = batch.model_inputs()
         b, plen = batch.query.shape
         tlen = batch.response.shape[1]
-        rows = slice(None)
+        rows = self.group.rows(b)  # this rank's share of the experience forwards
         mask = batch.response_mask.float()
         response = batch.response
         scores = batch.scores.float()
@@ -343,18 +370,20 @@ class PPOTrainer:
             if off_policy == "none" and batch.logprobs is not None:
                 old_logp = batch.logprobs  # the engine's log-probs: no recompute forward
             else:
-                old_logp = self._logprobs(self.policy, inputs, rows, plen, response)[0]
+                old_logp = self._gathered(self._logprobs, self.policy, inputs, rows, plen,
+                                          response[rows])[0]
             if off_policy != "none":
                 if batch.logprobs is None:
                     raise ValueError(f"off_policy={off_policy} needs the behaviour log-probs "
                                      "(RolloutBatch.logprobs)")
                 weights, off_stats = behaviour_weights(old_logp, batch.logprobs, mask,
                                                        off_policy, s.off_policy_cap)
-            ref_logp = self._ref_logprobs(inputs, rows, plen, response, s.kl.reference)
-            init_logp = (ref_logp if s.kl.reference == "init"
-                         else self._ref_logprobs(inputs, rows, plen, response, "init"))
-            old_values = (self._values(inputs, rows, plen, tlen) if self.critic is not None
-                          else torch.zeros_like(mask))
+            ref_logp = self._gathered(self._ref_logprobs, inputs, rows, plen, response[rows],
+                                      s.kl.reference)
+            init_logp = (ref_logp if s.kl.reference == "init" else self._gathered(
+                self._ref_logprobs, inputs, rows, plen, response[rows], "init"))
+            old_values = (self._gathered(self._values, inputs, rows, plen, tlen)
+                          if self.critic is not None else torch.zeros_like(mask))
 
             # 2. rewards: score at the last real token, minus beta * KL per token
             beta = self.kl_ctl.value
@@ -376,8 +405,10 @@ class PPOTrainer:
         for _ in range(s.ppo_epochs):
             perm = torch.randperm(b, generator=self.generator)
             for start in range(0, b, mb):
-                idx = perm[start: start + mb].to(self.device)
+                minibatch = perm[start: start + mb].to(self.device)
+                idx = minibatch[self.group.rank::self.group.world_size]  # this rank's rows
                 m = mask[idx]
+                share = m.sum() / mask[minibatch].sum()  # this rank's share of the tokens
                 logp, entropy = self._logprobs(self.policy, inputs, idx, plen, response[idx],
                                                with_entropy=True)
                 pg_loss, pg_stats = policy_loss(logp, old_logp[idx], advantages[idx], m,
@@ -399,12 +430,13 @@ class PPOTrainer:
                     loss = loss + beta * kl_loss
                 for o in optimizers:
                     o.zero_grad(set_to_none=True)
-                if not torch.isfinite(loss):
+                if not self.group.all_finite(loss):
                     nonfinite = "loss"
                     break
-                loss.backward()
-                gn = torch.nn.utils.clip_grad_norm_(policy_params, s.max_grad_norm)
-                gv = torch.nn.utils.clip_grad_norm_(critic_params, s.max_grad_norm)
+                # token-mean over the whole minibatch: FSDP averages the ranks' gradients
+                (loss * (share * self.group.world_size)).backward()
+                gn = full(torch.nn.utils.clip_grad_norm_(policy_params, s.max_grad_norm))
+                gv = full(torch.nn.utils.clip_grad_norm_(critic_params, s.max_grad_norm))
                 if not (torch.isfinite(gn) and torch.isfinite(gv)):
                     nonfinite = "grad"
                     break
@@ -413,13 +445,16 @@ class PPOTrainer:
                 updates += 1
                 if self.elastic is not None:
                     self.elastic.on_step(self.policy)
-                for k, v in (("loss/policy", pg_loss), ("loss/value", vf_loss),
-                             ("loss/kl", kl_loss), ("loss/total", loss),
-                             ("policy/clipfrac", pg_stats["clipfrac"]),
-                             ("policy/approx_kl", pg_stats["approx_kl"]),
-                             ("policy/entropy", ent), ("value/clipfrac", vf_clip),
-                             ("grad/norm", gn), ("grad/value_norm", gv)):
-                    acc.setdefault(k, []).append(float(v.detach()))
+                token_means = (("loss/policy", pg_loss), ("loss/value", vf_loss),
+                               ("loss/kl", kl_loss), ("loss/total", loss),
+                               ("policy/clipfrac", pg_stats["clipfrac"]),
+                               ("policy/approx_kl", pg_stats["approx_kl"]),
+                               ("policy/entropy", ent), ("value/clipfrac", vf_clip))
+                for k, v in token_means:  # each rank's share of the minibatch's mean
+                    v = self.group.sum(v.detach().to(self.device) * share)
+                    acc.setdefault(k, []).append(float(v))
+                for k, v in (("grad/norm", gn), ("grad/value_norm", gv)):
+                    acc.setdefault(k, []).append(float(v))
             if nonfinite:
                 break
             if self.elastic is not None:
@@ -488,8 +523,12 @@ class PPOTrainer:
         `publish_dtype`; copy=False: views of the live parameters where no cast is needed
         (`snapshot_from_model`)."""
         kind = "full" if self.lora is None else "lora"
-        return snapshot_from_model(self.policy, self.version if version is None else version,
-                                   kind, copy=copy, dtype=self.publish_dtype)
+        version = self.version if version is None else version
+        if self.group.sharded:  # gathered on rank 0; the other ranks take part, get None
+            state = full_state_dict(self.policy)
+            return snapshot_from_state(state, version, self.publish_dtype) if state else None
+        return snapshot_from_model(self.policy, version, kind, copy=copy,
+                                   dtype=self.publish_dtype)
 
     def _state(self) -> dict:
         state = {
@@ -520,20 +559,22 @@ class PPOTrainer:
         copy_into_(self.policy, state["policy"])
         if self.critic is not None:
             copy_into_(self.critic, state["critic"])
-        self.policy_opt.load_state_dict(state["policy_opt"])
+        self.policy_opt.load_state_dict(_laid_out(state["policy_opt"], self.policy_opt))
         if self.critic_opt is not None:
-            self.critic_opt.load_state_dict(state["critic_opt"])
+            self.critic_opt.load_state_dict(_laid_out(state["critic_opt"], self.critic_opt))
         self.kl_ctl.load_state_dict(state["kl_ctl"])
-        if "init" in state:
-            self.init = clone_tensors(state["init"])
-            self.critic_init = clone_tensors(state["critic_init"])
-            if self.elastic is not None:
-                self.elastic.init = clone_tensors(self.init)
+        policy_live, critic_live = trainable_tensors(self.policy), self._critic_tensors()
+        self.init = {k: like(v, policy_live[k]).clone() for k, v in state["init"].items()}
+        self.critic_init = {k: like(v, critic_live[k]).clone()
+                            for k, v in state["critic_init"].items()}
+        if self.elastic is not None:
+            self.elastic.init = clone_tensors(self.init)
         if (state["elastic"] is None) != (self.elastic is None):
             raise ValueError("load_state_dict: Elastic Reset / EMA on in one state and off in "
                              "the other; use the same settings")
         if self.elastic is not None:
-            self.elastic.ema = clone_tensors(state["elastic"]["ema"])
+            self.elastic.ema = {k: like(v, policy_live[k]).to(v.dtype).clone()
+                                for k, v in state["elastic"]["ema"].items()}
             self.elastic.schedule.load_state_dict(state["elastic"]["schedule"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -545,8 +586,10 @@ class PPOTrainer:
         from safetensors.torch import save_file
 
         out = Path(path)
+        state = _map_tensors(self._state(), full)  # a learner group's shards, gathered
+        if self.group.rank != 0:
+            return out  # rank 0 writes
         out.mkdir(parents=True, exist_ok=True)
-        state = self._state()
         tensors: dict[str, torch.Tensor] = {}
         for group in ("policy", "critic", "init", "critic_init"):
             for k, v in state[group].items():
@@ -604,6 +647,26 @@ class PPOTrainer:
                 diff = sorted(set(live) ^ set(state[g]))[:5]
                 raise ValueError(f"load: {g} tensors differ from this trainer's: {diff}")
         self._load_state(state)
+
+
+def _map_tensors(obj, fn):
+    """`obj` (nested dicts and lists) with fn applied to every tensor, in a fixed order."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_map_tensors(v, fn) for v in obj]
+    return obj
+
+
+def _laid_out(sd: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """An optimizer state dict of full tensors with each moment laid out as its parameter
+    (sharded in a learner group; unchanged otherwise)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = {i: {k: like(v, params[i]) if isinstance(v, torch.Tensor) and v.dim() else v
+                 for k, v in entry.items()} for i, entry in sd["state"].items()}
+    return {"state": state, "param_groups": sd["param_groups"]}
 
 
 def _flatten_optimizer(sd: dict, name: str, tensors: dict[str, torch.Tensor]) -> dict:

@@ -170,6 +170,12 @@ def snapshot_from_model(
     return _make(version, dict(model.state_dict()), "full", None, copy, dtype)
 
 
+def snapshot_from_state(state: dict[str, torch.Tensor], version: int,
+                        dtype: torch.dtype | None = None) -> WeightSnapshot:
+    """A full snapshot of an HF state dict (e.g. a learner group's gathered weights)."""
+    return _make(version, state, "full", None, copy=False, dtype=dtype)
+
+
 def _check_names(caller: str, snap: WeightSnapshot, targets: dict) -> None:
     """KeyError unless the snapshot has exactly the target names."""
     missing = sorted(set(targets) - set(snap.tensors))
