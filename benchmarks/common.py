@@ -88,7 +88,8 @@ def init_ray(num_cpus: int = 4, **kwargs) -> None:
         return
     env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
                                                               os.environ.get("PYTHONPATH")]))}
-    ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
+    ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1",
+             include_dashboard=False,
              namespace="raylign-bench", runtime_env={"env_vars": env}, log_to_driver=False,
              **kwargs)
 

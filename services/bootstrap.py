@@ -29,7 +29,8 @@ from services.tasks.base import Task
 
 
 def init_ray(cfg: RunConfig) -> bool:
-    """Embedded Ray on 127.0.0.1 by default, or join `cluster.address`. True if we started it."""
+    """Embedded Ray (a new instance on 127.0.0.1) by default, or join `cluster.address`. True if
+    we started it."""
     if ray.is_initialized():
         return False
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -37,7 +38,8 @@ def init_ray(cfg: RunConfig) -> bool:
         ray.init(address=cfg.cluster.address, namespace=cfg.cluster.namespace,
                  runtime_env={"env_vars": env})
     else:
-        ray.init(num_cpus=cfg.cluster.num_cpus, namespace=cfg.cluster.namespace,
+        # address="local": always a new private instance, whatever other Ray runs here
+        ray.init(address="local", num_cpus=cfg.cluster.num_cpus, namespace=cfg.cluster.namespace,
                  _node_ip_address="127.0.0.1", include_dashboard=False,
                  runtime_env={"env_vars": env}, log_to_driver=False)
     return True
@@ -111,7 +113,15 @@ def learner_args(cfg: RunConfig, task: Task, tokenizer) -> dict:
             "soup_dirs": [str(d) for d in task.policy_dirs], "init": cfg.policy.init,
             "soup_weights": cfg.learner.soup_weights, "lora": cfg.policy.lora,
             "temperature": cfg.rollout.sampling.temperature, "seed": cfg.seed,
-            "pad_token_id": pad_token_id(tokenizer)}
+            "pad_token_id": pad_token_id(tokenizer),
+            "world_size": cfg.learner.world_size, "rank_options": rank_options(cfg.learner),
+            "collective_timeout_s": cfg.deadlines.step_s}
+
+
+def rank_options(res: Placement) -> dict:
+    """Ray options of a learner group's ranks 1..N-1 (rank 0 is `remote`'s actor)."""
+    return {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus,
+            "resources": res.resources or None, **nice_options(res.nice)}
 
 
 def reward_specs(cfg: RunConfig, task: Task) -> list[RewardSpec]:
@@ -204,7 +214,8 @@ def check_context(cfg: RunConfig, task: Task) -> None:
 def check_resources(cfg: RunConfig, members: int, cluster: dict[str, float]) -> None:
     """Every role's actors fit the embedded Ray's resources (before any actor is created:
     Ray would wait for them forever)."""
-    roles = [("learner", cfg.learner, 1), ("rollout", cfg.rollout, cfg.rollout.replicas),
+    roles = [("learner", cfg.learner, cfg.learner.world_size),
+             ("rollout", cfg.rollout, cfg.rollout.replicas),
              ("reward", cfg.reward, cfg.reward.replicas * members)]
     need: dict[str, float] = {}
     for role, res, n in roles:
@@ -216,9 +227,9 @@ def check_resources(cfg: RunConfig, members: int, cluster: dict[str, float]) -> 
             need[name] = need.get(name, 0.0) + n * amount
     for name, amount in need.items():
         if amount > cluster.get(name, 0.0) + 1e-9:
-            raise ConfigError(f"the run's actors ask for {amount:g} {name} in all (learner, "
-                              f"rollout x replicas, reward x members x replicas); the embedded "
-                              f"Ray has {cluster.get(name, 0.0):g} (cluster.num_cpus)")
+            raise ConfigError(f"the run's actors ask for {amount:g} {name} in all (learner x "
+                              f"world_size, rollout x replicas, reward x members x replicas); "
+                              f"the embedded Ray has {cluster.get(name, 0.0):g} (cluster.num_cpus)")
 
 
 def train(cfg: RunConfig, *, resume: bool = False, allow_config_change: bool = False) -> dict:

@@ -39,7 +39,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     address = args.address or os.environ.get("RAY_ADDRESS")
-    if address:
+    if address and address != "local":  # "local", as Ray reads it: a new embedded instance
         overrides.append(f"cluster.address={address}")
     cfg = load_config(args.config, overrides)  # fails here, before Ray starts
     if cfg.cluster.address:

@@ -214,6 +214,10 @@ class RewardConfig(Resources):
 class LearnerConfig(Placement, PPOSettings):
     """The learner actor and its PPO settings."""
 
+    world_size: int = Field(
+        1, ge=1, description="learner ranks: N > 1 shards the model, gradients and optimizer "
+        "state over N actors (FSDP2; each with this section's num_cpus/num_gpus) that make the "
+        "update one learner would; minibatch_size must divide by it; full fine-tuning only")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="the learner's compute dtype (autocast): auto = bfloat16 where the "
         "learner has a GPU (num_gpus > 0), else float32. Master weights and the optimizer "
@@ -243,6 +247,9 @@ class LearnerConfig(Placement, PPOSettings):
         w = self.soup_weights
         if w is not None and (min(w, default=0) < 0 or abs(sum(w) - 1.0) > 1e-6):
             raise ValueError(f"soup_weights must be >= 0 and sum to 1, got {w}")
+        if self.minibatch_size % self.world_size:
+            raise ValueError(f"minibatch_size ({self.minibatch_size}) must divide by "
+                             f"world_size ({self.world_size}): each rank takes an equal share")
         if self.samples_per_step % self.minibatch_size:
             raise ValueError(
                 f"minibatch_size ({self.minibatch_size}) must divide samples_per_step "
@@ -386,6 +393,9 @@ class RunConfig(Strict):
         if uses_soup and (dataset or self.task.num_sft_seeds < 2):
             raise ValueError("a soup (policy.init or learner.kl.reference) needs several SFT "
                              "models: the tiny world with task.num_sft_seeds >= 2")
+        if self.learner.world_size > 1 and self.policy.lora is not None:
+            raise ValueError(f"learner.world_size={self.learner.world_size} with policy.lora: "
+                             "a learner group trains full models only (LoRA: world_size 1)")
         return self
 
     def engine_kind(self) -> str:

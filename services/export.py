@@ -84,7 +84,9 @@ def load_trainer(cfg, task, learner_dir: Path | None = None):
 
     tokenizer = AutoTokenizer.from_pretrained(task.tokenizer_dir)
     with torch.random.fork_rng(devices=[]):
-        trainer = LearnerActor(**learner_args(cfg, task, tokenizer)).trainer
+        # one process whatever the run's learner.world_size: checkpoints hold full tensors
+        args = {**learner_args(cfg, task, tokenizer), "world_size": 1}
+        trainer = LearnerActor(**args).trainer
         if learner_dir is not None:
             trainer.load(learner_dir)
     return trainer

@@ -180,3 +180,25 @@ def test_bad_model_dir_fails_before_ray_starts(tmp_path, problem):
     assert "policy.model_dir:" in proc.stderr
     assert "Started a local Ray instance" not in proc.stderr + proc.stdout
     assert not (tmp_path / "micro").exists()  # nothing started, nothing written
+
+
+def test_a_killed_learner_rank_restores_the_group_from_its_checkpoint(straight, tmp_path):
+    """kill -9 of rank 1 of a learner group mid-run: rank 0's next call fails, the driver
+    replaces the group (its other ranks die with rank 0) and restores it from the newest
+    checkpoint; the ledger is exact and every step is logged once."""
+    cfg = micro(tmp_path, *DETERMINISTIC, "learner.world_size=2")
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(summary=train(cfg)))
+    thread.start()
+    _wait_for_steps(cfg, 3)
+    leader = ray.get_actor(f"{cfg.name}:learner-0", namespace=cfg.cluster.namespace)
+    os.kill(ray.get(leader.rank_pids.remote())[1], signal.SIGKILL)
+    thread.join(timeout=600)
+    summary = result["summary"]
+    assert summary["steps"] == 6 and summary["restarts"]["learner"] >= 1
+    assert summary["ledger"]["trained"] == 6 * cfg.learner.samples_per_step
+    assert [r["step"] for r in rows(cfg)] == list(range(1, 7))
+    # world size 2 trains what world size 1 did (fp32 master weights, summed in another order)
+    wa, wb = _weights(latest_valid(straight.path)), _weights(latest_valid(cfg.path))
+    for key in (k for k in wa if k.startswith("policy/")):
+        torch.testing.assert_close(wb[key], wa[key], rtol=0, atol=1e-3)
