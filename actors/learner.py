@@ -60,7 +60,8 @@ class LearnerActor:
                  pad_token_id: int, compute_dtype: str = "float32",
                  publish_dtype: str | None = None, world_size: int = 1,
                  rank_options: dict | None = None, collective_timeout_s: float = 600.0,
-                 rank: int = 0, master: tuple[str, int] | None = None) -> None:
+                 rank: int = 0, master: tuple[str, int] | None = None,
+                 gradient_checkpointing: bool = False) -> None:
         """compute_dtype: the learner's autocast dtype; publish_dtype: the dtype of the
         snapshots workers load (None = the checkpoint's). world_size: ranks in the learner
         group, started by rank 0 with `rank_options` (Ray actor options); `rank` and `master`
@@ -77,7 +78,7 @@ class LearnerActor:
                             temperature=temperature, seed=seed, pad_token_id=pad_token_id,
                             compute_dtype=compute_dtype, publish_dtype=publish_dtype,
                             world_size=world_size, collective_timeout_s=collective_timeout_s,
-                            master=master)
+                            master=master, gradient_checkpointing=gradient_checkpointing)
                 here = NodeAffinitySchedulingStrategy(
                     ray.get_runtime_context().get_node_id(), soft=True)
                 self.ranks = [ray.remote(LearnerActor).options(
@@ -95,7 +96,8 @@ class LearnerActor:
         self.trainer = PPOTrainer(policy, settings, pad_token_id=pad_token_id, soup_state=soup,
                                   lora=lora, temperature=temperature, seed=seed,
                                   compute_dtype=getattr(torch, compute_dtype),
-                                  publish_dtype=publish, group=group)
+                                  publish_dtype=publish, group=group,
+                                  gradient_checkpointing=gradient_checkpointing)
         self.puts = 0  # ray.put calls: exactly one per published version
 
     def _on_every_rank(self, method: str, *args) -> list[ray.ObjectRef]:

@@ -163,6 +163,7 @@ class PPOTrainer:
     `snapshot()` (the weights rollout engines load; None = the checkpoint's, `weights_dtype`).
     device: where the models and the batch live (None = CUDA if this process sees a GPU).
     group: this process's rank in a learner group (None = a single process).
+    gradient_checkpointing: recompute activations in the backward pass (policy and critic).
     """
 
     def __init__(
@@ -179,6 +180,7 @@ class PPOTrainer:
         publish_dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
         group: Group | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         s = self.settings = settings
         er = s.elastic_reset
@@ -226,6 +228,11 @@ class PPOTrainer:
         for model in (self.policy, self.critic):  # fp32 master weights of what trains
             for t in ([] if model is None else trainable_tensors(model).values()):
                 t.data = t.data.float()
+        if gradient_checkpointing:
+            for model in (self.policy, None if trunk is None else self.critic.trunk):
+                if model is not None:
+                    model.gradient_checkpointing_enable(
+                        gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.group.sharded:
             for model in (self.policy, self.critic, self.ref_model):
                 if model is not None:

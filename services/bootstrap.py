@@ -25,6 +25,7 @@ from services.control import start_controller
 from services.errors import RunFailed
 from services.evaluation import HeldOut
 from services.metrics import Metrics
+from services.plan import check_plan, learner_plan
 from services.tasks.base import Task
 
 
@@ -115,7 +116,8 @@ def learner_args(cfg: RunConfig, task: Task, tokenizer) -> dict:
             "temperature": cfg.rollout.sampling.temperature, "seed": cfg.seed,
             "pad_token_id": pad_token_id(tokenizer),
             "world_size": cfg.learner.world_size, "rank_options": rank_options(cfg.learner),
-            "collective_timeout_s": cfg.deadlines.step_s}
+            "collective_timeout_s": cfg.deadlines.step_s,
+            "gradient_checkpointing": cfg.learner.gradient_checkpointing}
 
 
 def rank_options(res: Placement) -> dict:
@@ -242,6 +244,10 @@ def train(cfg: RunConfig, *, resume: bool = False, allow_config_change: bool = F
         check_resumable(cfg, allow_config_change)
     task = load_task(cfg)
     check_context(cfg, task)
+    start = cfg.policy.model_dir or task.policy_dirs[0]
+    plan, text = learner_plan(cfg, start, task.max_prompt_tokens, model_context(start))
+    print(text, flush=True)
+    check_plan(cfg, plan)
     if cfg.learner.epochs is not None:  # a run set by epochs: as many steps as they take
         samples = cfg.learner.epochs * len(task.train) * cfg.rollout.sampling.n
         steps = max(1, math.ceil(samples / cfg.learner.samples_per_step))

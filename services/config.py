@@ -218,6 +218,13 @@ class LearnerConfig(Placement, PPOSettings):
         1, ge=1, description="learner ranks: N > 1 shards the model, gradients and optimizer "
         "state over N actors (FSDP2; each with this section's num_cpus/num_gpus) that make the "
         "update one learner would; minibatch_size must divide by it; full fine-tuning only")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute each decoder layer's activations in the backward pass "
+        "instead of keeping them (less memory, one more forward per minibatch)")
+    memory_gb: float | None = Field(
+        None, gt=0, description="memory each learner rank may use (its GPU's, or its share of "
+        "the host's): a run whose memory plan (printed before Ray starts) needs more is "
+        "refused (None = print the plan, check nothing)")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="the learner's compute dtype (autocast): auto = bfloat16 where the "
         "learner has a GPU (num_gpus > 0), else float32. Master weights and the optimizer "

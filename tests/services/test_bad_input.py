@@ -86,6 +86,15 @@ def test_max_new_tokens_beyond_the_context_fails_before_ray(micro_world, tmp_pat
     assert not (tmp_path / "micro").exists()
 
 
+def test_a_memory_plan_over_budget_fails_before_ray(micro_world, tmp_path):
+    done = run_cli("train", "--config", MICRO, f"task.cache_dir={TEST_WORLDS}",
+                   f"run_dir={tmp_path}", "learner.memory_gb=0.001", timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "learner memory plan, per rank (world_size 1)" in done.stdout
+    assert "learner.memory_gb: the learner needs about" in done.stderr
+    assert "Traceback" not in done.stderr and "Started a local Ray" not in done.stderr
+
+
 def test_resume_needs_a_checkpoint_and_the_same_config(micro_world, tmp_path):
     from services.checkpoint import save_checkpoint
 
