@@ -1,4 +1,4 @@
-"""Ratio benchmarks (DESIGN.md section 7): each figure measured beside its baseline in one run.
+"""Ratio benchmarks (docs/design.md section 7): each figure measured beside its baseline in one run.
 
 `python -m benchmarks` (or `make bench`) runs every figure on the tiny world and writes
 `benchmarks/results/<date>.json` plus the table in BENCHMARKS.md; `--quick` runs the micro world

@@ -2,7 +2,7 @@
 
 Frozen pydantic dataclasses: constructing one validates it (`PPOSettings(lr=-1)` raises), and
 the run config (services/config.py) embeds these same classes, so defaults, bounds and
-descriptions exist once. ALGORITHMS.md gives the sources of the defaults.
+descriptions exist once. docs/algorithms.md gives the sources of the defaults.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Versioned weight broadcasts: the learner puts each version once; every worker reads that
-one object (DESIGN.md section 3). The last `keep` versions stay referenced."""
+one object (docs/design.md section 3). The last `keep` versions stay referenced."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The driver: one loop from prompts to published weights (DESIGN.md section 1).
+"""The driver: one loop from prompts to published weights (docs/design.md section 1).
 
     prompts -> RolloutWorker x N -> RewardPool (K members) -> Learner -> weights v+1 -> workers
 

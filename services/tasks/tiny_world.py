@@ -1,4 +1,4 @@
-"""The tiny world: a self-contained RLHF task built locally, no download (DESIGN.md section 4).
+"""The tiny world: a self-contained RLHF task built locally, no download (docs/design.md section 4).
 
 `prepare(task)` builds, or finds in its cache, everything an RLHF run needs:
 

@@ -1,5 +1,5 @@
-"""actors/ imports learner/ and itself, never services/ (DESIGN.md: services -> actors ->
-learner, one way)."""
+"""actors/ imports learner/ and itself, never services/ (docs/design.md section 2:
+services -> actors -> learner, one way)."""
 
 import subprocess
 import sys
