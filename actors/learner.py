@@ -11,6 +11,7 @@ next call, and the driver restores a new group from the newest checkpoint.
 
 from __future__ import annotations
 
+import resource
 import socket
 import tempfile
 import time
@@ -67,6 +68,7 @@ class LearnerActor:
         group, started by rank 0 with `rank_options` (Ray actor options); `rank` and `master`
         (rank 0's address and port) are set by rank 0 for the others."""
         use_assigned_cpus()
+        self.rss_start = _peak_rss()  # before the model is built
         torch.manual_seed(seed)
         self.rank, self.ranks = rank, []  # ranks: the other ranks' handles (rank 0 only)
         group = None
@@ -245,13 +247,21 @@ class LearnerActor:
         return self.trainer.version
 
     def info(self) -> dict:
+        """Version, puts, rank, and memory: the process's peak resident bytes (`max_rss`) and
+        its peak before the model was built (`rss_start`)."""
         return {"version": self.trainer.version, "puts": self.puts, "rank": self.rank,
-                "world_size": self.trainer.group.world_size, **process_info()}
+                "world_size": self.trainer.group.world_size, "rss_start": self.rss_start,
+                "max_rss": _peak_rss(),
+                **process_info()}
 
-    def rank_pids(self) -> list[int]:
-        """Every rank's process id, rank 0 first."""
-        return [process_info()["pid"], *(i["pid"] for i in ray.get(
-            [r.info.remote() for r in self.ranks]))]
+    def rank_infos(self) -> list[dict]:
+        """Every rank's `info()`, rank 0 first."""
+        return [self.info(), *ray.get([r.info.remote() for r in self.ranks])]
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _free_port() -> int:

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import shutil
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -177,6 +178,8 @@ class signals_to:
 
 
 RESUME_MAY_CHANGE = ("learner.steps", "learner.epochs", "rollout.replicas", "reward.replicas",
+                     "learner.world_size", "learner.memory_gb",  # checkpoints hold full tensors
+                     "learner.gradient_checkpointing",
                      "cluster.", "metrics.", "checkpoint.", "deadlines.", "run_dir")
 
 
@@ -196,6 +199,30 @@ def check_resumable(cfg: RunConfig, allow_config_change: bool = False) -> None:
     if changed and not allow_config_change:
         raise ConfigError(f"--resume: the config differs from the run's (saved with {ckpt}) in "
                           f"{', '.join(changed)} (--allow-config-change resumes anyway)")
+
+
+def check_fresh(cfg: RunConfig, overwrite: bool = False) -> None:
+    """A run dir belongs to one run: a start without --resume into a dir (or checkpoint
+    storage) that holds a run is refused, or with `overwrite` that run is deleted first."""
+    from services.checkpoint import checkpoints
+
+    held = [n for n in ("config.json", "checkpoints", "metrics.jsonl", "summary.json", "export")
+            if (cfg.path / n).exists()]
+    stored = cfg.storage != cfg.path and bool(checkpoints(cfg.storage))
+    if not held and not stored:
+        return
+    where = f"{cfg.path} ({', '.join(held)})" if held else f"{cfg.storage}/checkpoints"
+    if not overwrite:
+        raise ConfigError(f"{where} already holds a run named '{cfg.name}': --resume continues "
+                          "it, --overwrite deletes it first, or choose another name (name=...) "
+                          "or run_dir")
+    if stored and storage.local_path(cfg.storage) is None:
+        raise ConfigError(f"--overwrite: {cfg.storage}/checkpoints holds this name's "
+                          "checkpoints on object storage; delete them there or choose another "
+                          "name")
+    shutil.rmtree(cfg.path, ignore_errors=True)
+    if stored:
+        shutil.rmtree(storage.local_path(cfg.storage) / "checkpoints", ignore_errors=True)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -234,7 +261,8 @@ def check_resources(cfg: RunConfig, members: int, cluster: dict[str, float]) -> 
                               f"the embedded Ray has {cluster.get(name, 0.0):g} (cluster.num_cpus)")
 
 
-def train(cfg: RunConfig, *, resume: bool = False, allow_config_change: bool = False) -> dict:
+def train(cfg: RunConfig, *, resume: bool = False, allow_config_change: bool = False,
+          overwrite: bool = False) -> dict:
     """Build/load the task, start Ray (embedded unless cluster.address), run, report."""
     from services.pipeline import Driver
     from services.report import write_report
@@ -242,6 +270,8 @@ def train(cfg: RunConfig, *, resume: bool = False, allow_config_change: bool = F
 
     if resume:
         check_resumable(cfg, allow_config_change)
+    else:
+        check_fresh(cfg, overwrite)
     task = load_task(cfg)
     check_context(cfg, task)
     start = cfg.policy.model_dir or task.policy_dirs[0]

@@ -46,7 +46,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         _reach_cluster(cfg.cluster.address)  # NoCluster now, not ray.init retrying for ever
     from services.bootstrap import train
 
-    summary = train(cfg, resume=args.resume, allow_config_change=args.allow_config_change)
+    summary = train(cfg, resume=args.resume, allow_config_change=args.allow_config_change,
+                    overwrite=args.overwrite)
     print(json.dumps(summary, indent=1))
     print(f"run dir: {cfg.path}  (plots: {cfg.path / 'rewards.png'}, report: "
           f"{cfg.path / 'report.md'})")
@@ -212,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's checkpoint")
     p.add_argument("--allow-config-change", action="store_true",
                    help="with --resume: continue although the config differs from the run's")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete a run of the same name (RUN_DIR, its checkpoints) first")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="write a run's policy as an HF model dir (LoRA: a peft "

@@ -49,7 +49,7 @@ def test_world_size_2_makes_the_update_of_world_size_1(ray_session, model_dir, e
         version, ref, _ = ray.get(actor.publish.remote())
         snap = ray.get(ref)
         info = ray.get(actor.info.remote())
-        assert (version, info["world_size"], len(ray.get(actor.rank_pids.remote()))) == (
+        assert (version, info["world_size"], len(ray.get(actor.rank_infos.remote()))) == (
             2, world, world)
         results[world] = stats, {k: snap.tensor(k).float() for k in snap.tensors}, snap
         ray.kill(actor)

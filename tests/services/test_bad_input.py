@@ -95,6 +95,25 @@ def test_a_memory_plan_over_budget_fails_before_ray(micro_world, tmp_path):
     assert "Traceback" not in done.stderr and "Started a local Ray" not in done.stderr
 
 
+def test_a_run_dir_belongs_to_one_run(micro_world, tmp_path):
+    """A second start with the same name is refused before anything is written (the first
+    run's files are left as they were); --overwrite deletes the old run first."""
+    from services.bootstrap import check_fresh
+
+    cfg = load_config(MICRO, [f"task.cache_dir={TEST_WORLDS}", f"run_dir={tmp_path}"])
+    check_fresh(cfg)  # nothing there yet
+    (cfg.path / "checkpoints" / "step-000016").mkdir(parents=True)
+    (cfg.path / "config.json").write_text("{}")
+    done = run_cli("train", "--config", MICRO, f"task.cache_dir={TEST_WORLDS}",
+                   f"run_dir={tmp_path}", "learner.steps=2")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert (f"{cfg.path} (config.json, checkpoints) already holds a run named 'micro': "
+            "--resume continues it, --overwrite deletes it first") in done.stderr
+    assert (cfg.path / "config.json").read_text() == "{}"
+    check_fresh(cfg, overwrite=True)
+    assert not cfg.path.exists()
+
+
 def test_resume_needs_a_checkpoint_and_the_same_config(micro_world, tmp_path):
     from services.checkpoint import save_checkpoint
 

@@ -192,7 +192,7 @@ def test_a_killed_learner_rank_restores_the_group_from_its_checkpoint(straight, 
     thread.start()
     _wait_for_steps(cfg, 3)
     leader = ray.get_actor(f"{cfg.name}:learner-0", namespace=cfg.cluster.namespace)
-    os.kill(ray.get(leader.rank_pids.remote())[1], signal.SIGKILL)
+    os.kill(ray.get(leader.rank_infos.remote())[1]["pid"], signal.SIGKILL)
     thread.join(timeout=600)
     summary = result["summary"]
     assert summary["steps"] == 6 and summary["restarts"]["learner"] >= 1
