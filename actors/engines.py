@@ -4,7 +4,8 @@ Both engines report the behaviour log-probs: log mu(a_t) under the distribution 
 was actually drawn from, temperature, top-k and top-p applied (HF: the processed `scores` of
 `generate`; vLLM: `logprobs_mode="processed_logprobs"`). Without top-k/top-p that is
 log softmax(logits / T)[a_t], what the learner computes; with them it is the renormalised
-truncated distribution, which the learner does not reproduce (the config warns).
+truncated distribution, which the learner does not reproduce (off_policy then resolves to
+tis, and off_policy=none is refused).
 Sampling is seeded (HF: per batch, by its first prompt id; vLLM: per prompt) so a batch's
 completions do not depend on which worker ran it or when: a resumed run samples what an
 uninterrupted one would have.

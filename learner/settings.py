@@ -106,8 +106,9 @@ class PPOSettings:
         "learner's (behaviour mu, proximal pi_prox = the learner at the step's start, "
         "w = pi_prox / mu per token): none = train as on-policy, with the engine's log-probs as "
         "the old log-probs (no recompute forward); tis = loss * min(w, cap); decoupled = loss * "
-        "w, tokens with w > cap dropped (AReaL). None = tis if rollout.max_staleness > 0 or "
-        "the engine is vLLM, else none")
+        "w, tokens with w > cap dropped (AReaL). None = tis if rollout.max_staleness > 0, the "
+        "engine is vLLM, the engines compute in another dtype than the learner, or sampling "
+        "uses top-k/top-p; else none")
     off_policy_cap: float = Field(2.0, ge=1,
                                   description="the cap C on the behaviour weight w")
     kl: KLSettings = Field(default_factory=KLSettings, description="KL to the reference")

@@ -14,7 +14,6 @@ import hashlib
 import importlib.util
 import ipaddress
 import json
-import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -400,6 +399,13 @@ class RunConfig(Strict):
         if uses_soup and (dataset or self.task.num_sft_seeds < 2):
             raise ValueError("a soup (policy.init or learner.kl.reference) needs several SFT "
                              "models: the tiny world with task.num_sft_seeds >= 2")
+        sampling = self.rollout.sampling
+        if self.learner.off_policy == "none" and (sampling.top_k or sampling.top_p < 1):
+            raise ValueError(
+                f"learner.off_policy=none with rollout.sampling top_k={sampling.top_k} top_p="
+                f"{sampling.top_p}: the engines' log-probs are of the truncated distribution, "
+                "the learner's of the full softmax, so their ratio and the KL would be biased; "
+                "use tis or decoupled (the default resolves to tis)")
         if self.learner.world_size > 1 and self.policy.lora is not None:
             raise ValueError(f"learner.world_size={self.learner.world_size} with policy.lora: "
                              "a learner group trains full models only (LoRA: world_size 1)")
@@ -426,12 +432,16 @@ class RunConfig(Strict):
 
     def learner_settings(self, checkpoint_dtype: str = "float32") -> LearnerConfig:
         """The learner section with `off_policy` resolved: None -> tis if samples can be off
-        the learner's policy (max_staleness > 0, a vLLM engine's numerics, or engines that
-        compute in another dtype than the learner), else none."""
+        the learner's policy (max_staleness > 0, a vLLM engine's numerics, engines that
+        compute in another dtype than the learner, or top-k/top-p sampling, whose log-probs
+        are of the truncated distribution), else none. With tis the learner recomputes the
+        proximal log-probs, and the KL penalty uses its own."""
         if self.learner.off_policy is not None:
             return self.learner
+        sampling = self.rollout.sampling
         off = (self.rollout.max_staleness > 0 or self.engine_kind() == "vllm"
-               or self.rollout_dtype(checkpoint_dtype) != self.learner_dtype())
+               or self.rollout_dtype(checkpoint_dtype) != self.learner_dtype()
+               or bool(sampling.top_k) or sampling.top_p < 1)
         return dataclasses.replace(self.learner, off_policy="tis" if off else "none")
 
     def digest(self) -> str:
@@ -610,12 +620,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         msgs = [_format(err, source, lines, applied) for err in e.errors()]
         raise ConfigError("invalid config:\n  " + "\n  ".join(msgs)) from None
     _check_paths(cfg, source, lines)
-    sampling = cfg.rollout.sampling
-    if sampling.top_k or sampling.top_p < 1:
-        warnings.warn(f"{source}: rollout.sampling top_k={sampling.top_k} top_p="
-                      f"{sampling.top_p}: the engines' behaviour log-probs are of the truncated "
-                      "distribution, the learner's of the full softmax(logits / T); the "
-                      "off-policy weights and the PPO ratio carry that difference", stacklevel=2)
     return cfg
 
 

@@ -84,6 +84,8 @@ def test_launcher_node_types_hold_each_role():
     members = cfg.reward.members or cfg.task.num_members
     assert types["head"]["resources"]["reward"] >= members * cfg.reward.replicas
     assert types["rollout_gpu"]["max_workers"] >= cfg.rollout.replicas
+    for resource in ("learner", "GPU"):  # the learner node holds every rank of the group
+        assert types["learner_gpu"]["resources"][resource] >= cfg.learner.world_size
 
 
 def test_launcher_ray_metrics_on_fixed_port():
@@ -132,6 +134,9 @@ def test_raycluster_autoscaling_config_validates():
     assert _placement(types) == {"rollout": ["rollout"], "reward": ["headgroup"],
                                  "learner": ["learner"]}
     assert (types["rollout"]["min_workers"], types["rollout"]["max_workers"]) == (1, 8)
+    world_size = load_config(RUN_CONFIG).learner.world_size  # every rank on the learner pod
+    assert types["learner"]["resources"]["learner"] >= world_size
+    assert types["learner"]["resources"]["GPU"] >= world_size
 
 
 def test_raycluster_check_catches_missing_resources():

@@ -164,3 +164,19 @@ def test_learner_section_is_the_learner_settings_and_has_no_replicas():
         load_config(None, ["learner.replicas=3"])
     with pytest.raises(ConfigError, match="learner.lr: must be > 0"):
         load_config(None, ["learner.lr=-1"])
+
+
+def test_top_k_top_p_sampling_is_corrected_off_policy():
+    """The engines' log-probs under top-k/top-p are of the truncated distribution: the default
+    resolves to tis (the learner recomputes its own), and off_policy=none is refused."""
+    micro, sync = "deploy/configs/micro.yaml", "rollout.max_staleness=0"
+    assert load_config(micro, [sync]).learner_settings().off_policy == "none"
+    for sampling in ("rollout.sampling.top_k=5", "rollout.sampling.top_p=0.9"):
+        assert load_config(micro, [sync, sampling]).learner_settings().off_policy == "tis"
+        with pytest.raises(ConfigError, match="learner.off_policy=none with rollout.sampling"):
+            load_config(micro, [sampling, "learner.off_policy=none"])
+    # a bf16 checkpoint sampled in fp32 on CPU, trained by an fp32 learner: same numerics
+    assert load_config(micro, [sync]).learner_settings("bfloat16").off_policy == "none"
+    gpu = load_config(micro, [sync, "rollout.num_gpus=1"])
+    assert gpu.rollout_dtype("bfloat16") == "bfloat16"
+    assert gpu.learner_settings("bfloat16").off_policy == "tis"  # bf16 engines, fp32 learner
