@@ -573,12 +573,27 @@ def _apply_override(data: dict, item: str) -> str:
         raise ConfigError(f"override '{item}': value is not valid YAML: {e}") from None
     node = data
     parts = key.strip().split(".")
-    for part in parts[:-1]:
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if not isinstance(node, dict | list):
+            raise ConfigError(f"override '{item}': {'.'.join(parts[:i])} is not a section")
+        if isinstance(node, list):  # a list item by its index: reward.functions.0.weight=2
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override '{item}': {'.'.join(parts[:i])} has items "
+                                  f"0..{len(node) - 1}, not '{part}'")
+            part = int(part)
+            if last:
+                node[part] = value
+            else:
+                node = node[part]
+            continue
+        if last:
+            node[part] = value
+            break
         child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override '{item}': {part} is not a section")
+        if not isinstance(child, dict | list):
+            raise ConfigError(f"override '{item}': {part} is not a section or a list")
         node = child
-    node[parts[-1]] = value
     return key.strip()
 
 

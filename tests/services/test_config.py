@@ -180,3 +180,15 @@ def test_top_k_top_p_sampling_is_corrected_off_policy():
     gpu = load_config(micro, [sync, "rollout.num_gpus=1"])
     assert gpu.rollout_dtype("bfloat16") == "bfloat16"
     assert gpu.learner_settings("bfloat16").off_policy == "tis"  # bf16 engines, fp32 learner
+
+
+def test_overrides_reach_list_items(tmp_path):
+    path = write(tmp_path, "reward:\n  functions:\n    - path: examples/own_data/rewards.py\n"
+                           "      name: score\n")
+    cfg = load_config(path, ["reward.functions.0.weight=2", "reward.functions.0.gold=true"])
+    assert cfg.reward.functions[0].weight == 2.0 and cfg.reward.functions[0].gold
+    assert "reward.functions has items 0..0, not '3'" in error_of(
+        path, ["reward.functions.3.weight=2"])
+    assert "override 'reward.functions.0.weight=abc': reward.functions.0.weight" in error_of(
+        path, ["reward.functions.0.weight=abc"])
+    assert "learner.lr: Input should be a valid number" in error_of(path, ["learner.lr.x=1"])
