@@ -274,6 +274,7 @@ def train(cfg: RunConfig, *, resume: bool = False, allow_config_change: bool = F
         check_fresh(cfg, overwrite)
     task = load_task(cfg)
     check_context(cfg, task)
+    HeldOut.check(cfg, task, gold_scorer(cfg, task))
     start = cfg.policy.model_dir or task.policy_dirs[0]
     plan, text = learner_plan(cfg, start, task.max_prompt_tokens, model_context(start))
     print(text, flush=True)

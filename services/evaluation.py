@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from actors.engines import encode_prompts
 from actors.records import Sampling
 from actors.scoring import load_callable
-from services.config import RunConfig
-from services.errors import RunFailed
+from services.config import ConfigError, RunConfig
 from services.tasks.base import Task, stratified
 
 EVAL_SEED = 1234  # the held-out draws: the same for every eval point, seed and arm
@@ -32,17 +31,23 @@ class HeldOut:
     decode: Callable[[list[int]], str]
 
     @classmethod
+    def check(cls, cfg: RunConfig, task: Task, gold: str | None) -> None:
+        """ConfigError unless the task can give what learner.eval_prompts asks for (called
+        before Ray starts)."""
+        n = cfg.learner.eval_prompts
+        if n and gold is None:
+            raise ConfigError(f"learner.eval_prompts={n}: task {task.name} has no gold scorer "
+                              "(nor a reward function with gold: true)")
+        if n and not task.eval_prompts:
+            raise ConfigError(f"learner.eval_prompts={n}: task {task.name} has no eval prompts")
+
+    @classmethod
     def build(cls, cfg: RunConfig, task: Task, tokenizer, gold: str | None) -> HeldOut:
         texts = [(tokenizer(t)["input_ids"] + [tokenizer.eos_token_id])
                  [: tokenizer.model_max_length]
                  for t in task.heldout_texts[: cfg.learner.eval_texts]]
+        cls.check(cfg, task, gold)
         prompts = stratified(task.eval_prompts, cfg.learner.eval_prompts)
-        if prompts and gold is None:
-            raise RunFailed(f"learner.eval_prompts={cfg.learner.eval_prompts}: task {task.name} "
-                            "has no gold scorer (nor a reward function with gold: true)")
-        if cfg.learner.eval_prompts and not prompts:
-            raise RunFailed(f"learner.eval_prompts={cfg.learner.eval_prompts}: task "
-                            f"{task.name} has no eval prompts")
         prompt_ids, _ = encode_prompts(tokenizer, list(enumerate(prompts)),
                                        tokenizer.model_max_length, cfg.rollout.sampling,
                                        task.max_prompt_tokens)

@@ -69,13 +69,13 @@ def test_a_gold_function_is_logged_not_trained_on(ray_session, micro_world, tmp_
     assert math.isfinite(row["eval/gold"])  # held-out prompts, scored by the gold function
 
 
-def test_held_out_gold_needs_a_gold_scorer(ray_session, micro_world, tmp_path):
+def test_held_out_gold_needs_a_gold_scorer_before_ray(micro_world, tmp_path):
     from services.bootstrap import train
-    from services.errors import RunFailed
 
     cfg = own(tmp_path, micro_world, "learner.steps=1", "learner.eval_prompts=4")
-    with pytest.raises(RunFailed, match="learner.eval_prompts=4: task .* has no gold scorer"):
+    with pytest.raises(ConfigError, match="learner.eval_prompts=4: task .* has no gold scorer"):
         train(cfg)
+    assert not cfg.path.exists()  # refused before the run dir (or Ray) was touched
 
 
 def test_bad_functions_fail_before_anything_starts(micro_world, tmp_path):
