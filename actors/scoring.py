@@ -118,12 +118,17 @@ def load_callable(ref: str) -> Callable:
             raise ValueError(f"'{ref}': no such file '{path}'")
         spec = importlib.util.spec_from_file_location(f"raylign_user_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except SystemExit as e:  # a file that exits on import must not end raylign silently
+            raise ValueError(f"'{ref}': importing {path} called sys.exit({e.code})") from None
     else:
         try:
             module = importlib.import_module(source)
         except ImportError as e:
             raise ValueError(f"'{ref}': cannot import {source}: {e}") from None
+        except SystemExit as e:
+            raise ValueError(f"'{ref}': importing {source} called sys.exit({e.code})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ValueError(f"'{ref}': {source} has no callable '{attr}'")

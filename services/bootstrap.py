@@ -225,6 +225,38 @@ def check_fresh(cfg: RunConfig, overwrite: bool = False) -> None:
         shutil.rmtree(storage.local_path(cfg.storage) / "checkpoints", ignore_errors=True)
 
 
+def check_outputs(cfg: RunConfig) -> None:
+    """Where the run writes, and the port it serves, are usable (before anything is written):
+    run_dir and a local checkpoint.storage are directories this process may write (or can be
+    made), and metrics.port is free."""
+    import socket
+    import tempfile
+
+    places = [("run_dir", cfg.path)]
+    local = storage.local_path(cfg.storage)
+    if local is not None and local != cfg.path:
+        places.append(("checkpoint.storage", local))
+    for field, path in places:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise ConfigError(f"{field}: {existing} is a file, not a directory ({path} cannot "
+                              "be made)")
+        try:  # a real write (permissions, read-only mounts, immutable dirs)
+            tempfile.TemporaryFile(dir=existing).close()
+        except OSError as e:
+            raise ConfigError(f"{field}: cannot write in {existing} ({e.strerror}), so "
+                              f"{path} cannot hold the run's files") from None
+    m = cfg.metrics
+    if m.enabled and m.port:
+        with socket.socket() as sock:
+            try:
+                sock.bind((m.host, m.port))
+            except OSError as e:
+                raise ConfigError(f"metrics.port: cannot listen on {m.host}:{m.port} "
+                                  f"({e.strerror}); choose another port, or 0 for any free "
+                                  "one") from None
+
+
 def _flat(tree: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in tree.items():
@@ -272,6 +304,7 @@ def train(cfg: RunConfig, *, resume: bool = False, allow_config_change: bool = F
         check_resumable(cfg, allow_config_change)
     else:
         check_fresh(cfg, overwrite)
+    check_outputs(cfg)
     task = load_task(cfg)
     check_context(cfg, task)
     HeldOut.check(cfg, task, gold_scorer(cfg, task))

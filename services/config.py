@@ -78,7 +78,8 @@ class TinyWorldConfig(Strict):
         "tiny", description="micro builds in seconds (tests); tiny is the demo (~minutes)"
     )
     cache_dir: str = Field(".cache/raylign", description="built worlds live here, by hash")
-    seed: int = Field(0, description="seed of the world's build (corpus, models)")
+    seed: int = Field(0, ge=0, lt=2**32,
+                      description="seed of the world's build (corpus, models)")
     num_members: int = Field(4, ge=1, description="K proxy reward models to train")
     num_sft_seeds: int = Field(2, ge=1, description="SFT models (soup ingredients)")
     sft_data: Literal["shared", "disjoint"] = Field(
@@ -322,12 +323,12 @@ class CheckpointConfig(Strict):
 class DeadlinesConfig(Strict):
     """How long a remote call may take before its actor is killed and replaced."""
 
-    generate_s: float = Field(600.0, gt=0, description="a rollout worker's generate call")
-    score_s: float = Field(600.0, gt=0, description="a reward member's score call")
-    step_s: float = Field(1800.0, gt=0, description="a learner step, save, load or evaluate")
-    publish_s: float = Field(120.0, gt=0, description="a worker's acknowledgement of new "
+    generate_s: float = Field(600.0, ge=1, description="a rollout worker's generate call")
+    score_s: float = Field(600.0, ge=1, description="a reward member's score call")
+    step_s: float = Field(1800.0, ge=1, description="a learner step, save, load or evaluate")
+    publish_s: float = Field(120.0, ge=1, description="a worker's acknowledgement of new "
                              "weights")
-    probe_s: float = Field(60.0, gt=0, description="an idle actor's answer to a health probe")
+    probe_s: float = Field(60.0, ge=1, description="an idle actor's answer to a health probe")
 
 
 class ClusterConfig(Strict):
@@ -341,7 +342,8 @@ class RunConfig(Strict):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
                       description="the run's name: RUN_DIR and actor names use it (letters, "
                       "digits, . _ -; no path)")
-    seed: int = Field(0, description="run seed: prompt order, sampling, learner RNG")
+    seed: int = Field(0, ge=0, lt=2**32,
+                      description="run seed: prompt order, sampling, learner RNG")
     run_dir: str = Field("runs", description="RUN_DIR = run_dir/name")
     task: TaskConfig = Field(default_factory=TinyWorldConfig, description="what to train on")
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="the policy's start")
@@ -605,9 +607,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         p = Path(path)
         source = p.name
+        if p.is_dir():
+            raise ConfigError(f"{p}: is a directory, not a config file")
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
-        text = p.read_text()
+        try:
+            text = p.read_text()
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not a text (UTF-8) file: {e.reason} at byte {e.start}"
+                              ) from None
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
         try:
             for event in yaml.parse(text, Loader=yaml.SafeLoader):  # before any expansion
                 if isinstance(event, yaml.AliasEvent):

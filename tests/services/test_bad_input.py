@@ -185,3 +185,43 @@ def test_fuzz_configs_load_or_raise_config_error(tmp_path, data, overrides):
         assert str(e).strip()
         return
     assert isinstance(cfg, RunConfig)
+
+
+def test_unusable_outputs_and_config_files_fail_in_one_line(micro_world, tmp_path):
+    """Each probe: exit 2, one line naming the field or file, no traceback, nothing written."""
+    import socket
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    base = ["--config", MICRO, f"task.cache_dir={TEST_WORLDS}"]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        probes = [
+            (["train", *base, f"run_dir={afile}"], f"run_dir: {afile} is a file"),
+            (["train", *base, f"run_dir={tmp_path}/r", f"checkpoint.storage={afile}/ck"],
+             f"checkpoint.storage: {afile} is a file"),
+            (["train", *base, f"run_dir={tmp_path}/m", "metrics.enabled=true",
+              f"metrics.port={port}"], f"metrics.port: cannot listen on 127.0.0.1:{port}"),
+            (["train", "--config", str(binary)], "binary.yaml: not a text (UTF-8) file"),
+            (["train", "--config", str(tmp_path)], "is a directory, not a config file"),
+            (["train", *base, "seed=100000000000000000000000"], "seed: must be < 4294967296"),
+            (["train", *base, "deadlines.step_s=0.001"], "deadlines.step_s: must be >= 1"),
+        ]
+        for args, message in probes:
+            done = run_cli(*args)
+            assert done.returncode == 2 and message in done.stderr, (args, done.stderr[-1500:])
+            assert "Traceback" not in done.stderr
+    assert not (tmp_path / "m").exists() and not (tmp_path / "r").exists()
+
+
+def test_a_reward_file_that_exits_on_import_is_a_config_error(tmp_path):
+    bad = tmp_path / "rewards.py"
+    bad.write_text("import sys\nsys.exit(3)\n")
+    done = run_cli("train", "--config", MICRO,
+                   f"reward.functions=[{{path: {bad}, name: score}}]")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "called sys.exit(3)" in done.stderr and "Traceback" not in done.stderr
