@@ -73,6 +73,7 @@ class Member:
     pid: int | None = None  # the process last seen by a probe (a new pid = a restart)
     probing: bool = False  # a probe (`info()`) is in flight
     probed_at: float = 0.0
+    acked: int = -1  # the newest weight version it acknowledged (rollout workers)
 
     def failed(self) -> bool:
         """Note a failed call; back off exponentially (0.5 s, 1 s, ... 10 s). True if it was
@@ -146,11 +147,13 @@ class ActorGroup:
         return [m for m in self.active()
                 if not m.probing and m.retry_at <= now and now - m.probed_at >= every]
 
-    def pick(self, cap: int) -> Member | None:
+    def pick(self, cap: int, min_version: int | None = None) -> Member | None:
         """The least-loaded ready member with fewer than `cap` calls in flight (members
-        not yet placed, restarting or backing off after a failure are skipped)."""
+        not yet placed, restarting or backing off after a failure are skipped; with
+        `min_version`, so are those that have not acknowledged that weight version)."""
         now = time.monotonic()
-        free = [m for m in self.active() if m.ready and m.inflight < cap and m.retry_at <= now]
+        free = [m for m in self.active() if m.ready and m.inflight < cap and m.retry_at <= now
+                and (min_version is None or m.acked >= min_version)]
         return min(free, key=lambda m: (m.inflight, m.name)) if free else None
 
     def reap(self) -> list[str]:

@@ -123,6 +123,10 @@ class Driver(Recovery):
             self._on_scored(ref)
         elif ref in self.health.probes:
             self.health.on_probe(ref)
+        elif ref in self.weights.acks:
+            member, error = self.weights.on_ack(ref)
+            if error is not None:
+                self.health.failed(member, "rollout", error)
         elif (self.step is not None and ref == self.step[0]
               and self._on_learner_step() is not None):  # None: the learner was restored
             self._maybe_checkpoint()
@@ -137,7 +141,9 @@ class Driver(Recovery):
                 max_staleness=cfg.rollout.max_staleness,
                 steps_left=cfg.learner.steps - self.state.steps,
                 step_running=self.step is not None, ahead=self._ahead()) // n
-            worker = self.rollout.pick(cfg.rollout.max_inflight_per_worker)
+            worker = self.rollout.pick(  # one holding a version within the staleness window
+                cfg.rollout.max_inflight_per_worker,
+                min_version=self.weights.version - cfg.rollout.max_staleness)
             capped = admission.generation_capped(cfg.rollout.max_generating_during_step,
                                                  self.step is not None, len(self.gens))
             if room <= 0 or worker is None or capped:
@@ -290,7 +296,7 @@ class Driver(Recovery):
 
     def _wait(self) -> list[ray.ObjectRef]:
         step = [self.step[0]] if self.step else []
-        refs = [*self.gens, *self.rewards.jobs, *self.health.probes, *step]
+        refs = [*self.gens, *self.rewards.jobs, *self.health.probes, *self.weights.acks, *step]
         if not refs:
             time.sleep(0.05)
             return []

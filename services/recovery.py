@@ -55,6 +55,7 @@ class Recovery:
             for ref, gen in [(r, g) for r, g in self.gens.items() if g.worker is member]:
                 del self.gens[ref]
                 self.reissue = sorted([p for p, _ in gen.prompts] + self.reissue)
+            self.weights.forget(member)
             self.rollout.replace(member)
         elif role == "reward":
             self.rewards.replace(member)
@@ -107,6 +108,9 @@ class Recovery:
             self._replace(member, "reward", "timeout")
         for member, role in self.health.overdue(now - d.probe_s):
             self._replace(member, role, "timeout")
+        for member in self.weights.overdue(now):  # no ack of new weights within publish_s
+            if member.name in self.rollout.members:
+                self._replace(member, "rollout", "timeout")
         if self.step is not None and now - self.step_started > d.step_s:
             self._replace(self.learner_member, "learner", "timeout")
         for k in self.rewards.unplaced(now - d.score_s):
@@ -121,9 +125,8 @@ class Recovery:
         raise RunFailed(f"{why}; the newest checkpoint is {saved}")
 
     def _publish(self, version: int, snap_ref: ray.ObjectRef, nbytes: int) -> None:
-        for late in self.weights.publish(self.rollout.active(), version, snap_ref, nbytes):
-            if late.ready:  # (one still starting up gets the weights before any work)
-                self._replace(late, "rollout", "timeout")  # its successor gets this version
+        """Hand the new version to every worker; their acks arrive in the loop."""
+        self.weights.publish(self.rollout.active(), version, snap_ref, nbytes)
 
     def _get(self, ref: ray.ObjectRef):
         """A learner call's result, within the learner's deadline (deadlines.step_s)."""

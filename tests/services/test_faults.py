@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import threading
+import time
 
 import psutil
 import pytest
@@ -122,3 +123,27 @@ def test_driver_kill_9_then_resume(ray_session, micro_world, tmp_path):
     assert summary["ledger"]["trained"] == 8 * cfg.learner.samples_per_step
     assert [r["step"] for r in rows(cfg)] == list(range(1, 9))  # no row twice
     assert json.loads((cfg.path / "summary.json").read_text())["steps"] == 8
+
+
+def test_a_hung_rollout_worker_never_stalls_the_run(ray_session, micro_world, tmp_path):
+    """SIGSTOP one of two rollout workers mid-run, with deadlines.publish_s (60 s) far above
+    the others (5 s): publishing is asynchronous, so the healthy worker keeps generating and
+    the learner keeps stepping; the stopped worker is replaced within its 5 s deadlines."""
+    cfg = micro(tmp_path, "learner.steps=24", "checkpoint.every=0", "rollout.replicas=2",
+                "deadlines.generate_s=5", "deadlines.probe_s=5", "deadlines.publish_s=60")
+    thread, result = _in_thread(cfg)
+    _wait_for_steps(cfg, 4)
+    hung = _pid(cfg, "rollout-0")
+    os.kill(hung, signal.SIGSTOP)
+    stopped = time.time()
+    thread.join(timeout=600)
+    summary = result["summary"]
+    assert summary["steps"] == 24 and summary["replaced"] == {"rollout": 1}
+    assert summary["ledger"]["trained"] == 24 * cfg.learner.samples_per_step
+    times = [r["time"] for r in rows(cfg)]
+    assert [r["step"] for r in rows(cfg)] == list(range(1, 25))
+    after = [t for t in times if t > stopped]
+    gaps = [b - a for a, b in zip([stopped, *after], after)]
+    assert max(gaps) < 25, gaps  # bounded by the 5 s deadlines (and start-up), not publish_s
+    with pytest.raises(ProcessLookupError):  # the hung process was killed
+        os.kill(hung, signal.SIGCONT)
