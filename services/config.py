@@ -682,6 +682,28 @@ def check_model_dir(path: str | Path) -> str | None:
     return None
 
 
+def check_model_kind(model_dir: str | Path, kind: str) -> str | None:
+    """Why the model in `model_dir` is not of `kind` ("causal": a causal LM for the policy;
+    "classifier": a sequence classifier for a reward model), by the architectures its
+    config.json names; None if it is (or names none). A model of the wrong kind would load
+    with a randomly initialised head and train on noise."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    )
+
+    names = {"causal": MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+             "classifier": MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES}[kind]
+    wanted = {v for vs in names.values() for v in ([vs] if isinstance(vs, str) else vs)}
+    archs = json.loads((Path(model_dir) / "config.json").read_text()).get("architectures")
+    if not archs or set(archs) & wanted:
+        return None
+    what = "a causal LM (AutoModelForCausalLM)" if kind == "causal" else (
+        "a sequence classifier (AutoModelForSequenceClassification)")
+    return (f"'{model_dir}' holds a {', '.join(archs)}, not {what}: its head would be "
+            "randomly initialised")
+
+
 def model_context(model_dir: str | Path) -> int | None:
     """The positions a model dir's architecture takes (`max_position_embeddings`, read through
     AutoConfig, which maps GPT-2's `n_positions` onto it); None if its config has none."""
@@ -720,7 +742,9 @@ def _check_paths(cfg: RunConfig, source: str, lines: dict) -> None:
     dirs = [(("policy", "model_dir"), cfg.policy.model_dir)]
     dirs += [(("reward", "model_dirs", i), d) for i, d in enumerate(cfg.reward.model_dirs or [])]
     for loc, model_dir in dirs:
-        problem = model_dir is not None and check_model_dir(model_dir)
+        problem = model_dir is not None and (
+            check_model_dir(model_dir)
+            or check_model_kind(model_dir, "causal" if loc[0] == "policy" else "classifier"))
         if problem:
             fail(loc, problem)
     for i, f in enumerate(cfg.reward.functions):

@@ -192,3 +192,19 @@ def test_overrides_reach_list_items(tmp_path):
     assert "override 'reward.functions.0.weight=abc': reward.functions.0.weight" in error_of(
         path, ["reward.functions.0.weight=abc"])
     assert "learner.lr: Input should be a valid number" in error_of(path, ["learner.lr.x=1"])
+
+
+def test_a_model_of_the_wrong_kind_is_refused(tmp_path):
+    """A causal LM as a reward model, a classifier as the policy: refused before anything
+    loads (either would get a randomly initialised head)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+                         num_hidden_layers=1, num_attention_heads=2, pad_token_id=0)
+    lm, clf = tmp_path / "lm", tmp_path / "clf"
+    LlamaForCausalLM(config).save_pretrained(lm)
+    LlamaForSequenceClassification(config).save_pretrained(clf)
+    msg = error_of(None, [f"reward.model_dirs=[{clf}, {lm}]"])
+    assert "reward.model_dirs.1:" in msg and "holds a LlamaForCausalLM, not a sequence" in msg
+    msg = error_of(None, [f"policy.model_dir={clf}"])
+    assert "policy.model_dir:" in msg and "LlamaForSequenceClassification, not a causal LM" in msg
