@@ -29,6 +29,11 @@ from actors.scoring import RewardScorer, load_callable
 from learner.ensemble import aggregate
 
 
+class RewardFunctionError(RuntimeError):
+    """A reward function raised or returned the wrong number of scores: a bug in the user's
+    code, which no retry or replacement fixes (the pool re-raises it; the run stops)."""
+
+
 @dataclass(frozen=True)
 class RewardSpec:
     """One member: a reward model dir, or a function `module:callable` / `file.py:callable`
@@ -65,10 +70,15 @@ class RewardMember:
             scores = self.scorer.score(prompts, completions, batch_size=self.batch_size)
         else:
             rows = [None if labels is None else labels.get(s.prompt_id) for s in samples]
-            scores = list(self.fn(prompts, completions, rows))
+            try:
+                scores = [float(x) for x in self.fn(prompts, completions, rows)]
+            except Exception as e:  # the user's code: its bug, not a fault to retry
+                raise RewardFunctionError(f"reward function {self.spec.function} raised "
+                                          f"{type(e).__name__}: {e}") from e
             if len(scores) != len(samples):
-                raise ValueError(f"reward function {self.spec.function} returned {len(scores)} "
-                                 f"scores for {len(samples)} completions")
+                raise RewardFunctionError(f"reward function {self.spec.function} returned "
+                                          f"{len(scores)} scores for {len(samples)} "
+                                          "completions")
         self.scored += len(samples)
         return [self.spec.weight * float(x) for x in scores]
 
@@ -188,7 +198,8 @@ class RewardPool:
 
     def collect(self, ref: ray.ObjectRef) -> ScoredBatch | None:
         """The finished batch of combine ref `ref`; None if a member failed (the batch is
-        queued again, and the failure reported)."""
+        queued again, and the failure reported). A reward function's own error is raised
+        (RewardFunctionError)."""
         job = self.jobs.pop(ref)
         for m in job.members:
             m.inflight -= 1
@@ -198,6 +209,9 @@ class RewardPool:
             for m, member_ref in zip(job.members, job.member_refs):
                 try:
                     ray.get(member_ref)
+                except RewardFunctionError as bug:  # Ray's error is also of the cause's class
+                    raise RewardFunctionError(str(bug.cause if hasattr(bug, "cause") else bug)
+                                              ) from None
                 except RayError:
                     self.on_failure(m, e)
             self.queued.append((job.key, job.samples_ref, job.labels))

@@ -21,6 +21,7 @@ the driver's `Recovery` methods, in services/recovery.py.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from tqdm import tqdm
 
 from actors.fleet import ActorGroup, Member
 from actors.records import Prompt, ScoredSample, StepStats, TrainBatch
+from actors.reward import RewardFunctionError
 from services import admission
 from services.bootstrap import Fleet, signals_to
 from services.broadcast import Broadcast
@@ -68,6 +70,7 @@ class Driver(Recovery):
         self.reissue: list[int] = []  # prompt ids to hand out again before new ones
         self.gens: dict[ray.ObjectRef, Gen] = {}
         self.buffer: list[ScoredSample] = []  # scored, waiting for a learner step
+        self.nonfinite_run = 0  # samples in a row whose rewards were all non-finite
         self.step: tuple[ray.ObjectRef, TrainBatch] | None = None  # the learner step running
         self.step_started = 0.0
         self.health = Health(
@@ -192,10 +195,20 @@ class Driver(Recovery):
         self.rewards.submit(gen.prompts, ref, labels)
 
     def _on_scored(self, ref: ray.ObjectRef) -> None:
-        scored = self.rewards.collect(ref)
+        try:
+            scored = self.rewards.collect(ref)
+        except RewardFunctionError as e:  # a bug in the user's function: no retry fixes it
+            self._stop(str(e), checkpoint=True)
         if scored is None:  # a member failed: the pool scores the batch again
             return
         every = scored.samples + scored.quarantined
+        self.nonfinite_run = 0 if scored.samples else self.nonfinite_run + len(every)
+        if self.nonfinite_run >= self.cfg.learner.samples_per_step:
+            members = sorted({k for s in scored.quarantined
+                              for k, x in enumerate(s.member_scores) if not math.isfinite(x)})
+            self._stop(f"the last {self.nonfinite_run} samples all had non-finite rewards "
+                       f"(NaN/inf; reward members {members}): nothing can be trained on them",
+                       checkpoint=True)
         quarantined = {s.sample.prompt_id for s in scored.quarantined}
         self.metrics.record_nonfinite("reward", len(scored.quarantined))
         buffered = {s.sample.prompt_id for s in self.buffer}

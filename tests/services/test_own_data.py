@@ -159,3 +159,28 @@ def test_any_sequence_classifier_scores_at_its_last_token(micro_world, tmp_path)
     alone = [scorer.score([p], [c])[0] for p, c in zip(prompts, completions)]
     assert together == pytest.approx(alone, abs=1e-5)
     assert len(set(together)) == 3
+
+
+@pytest.mark.parametrize("body,message", [
+    ("    return [{}[\"missing\"] for _ in completions]\n",
+     "reward function {ref} raised KeyError: 'missing'"),
+    ("    return [0.0] * (len(completions) - 1)\n",
+     "reward function {ref} returned 7 scores for 8 completions"),
+    ("    return [float(\"nan\")] * len(completions)\n",
+     "samples all had non-finite rewards (NaN/inf; reward members [0])"),
+])
+def test_a_reward_functions_bug_stops_the_run_with_its_message(ray_session, micro_world,
+                                                               tmp_path, body, message):
+    """A bug in the user's reward function is not a fault to retry: the run stops at once
+    (exit 4) with the function's own error; so does a function whose every reward is NaN."""
+    from services.bootstrap import train
+    from services.errors import RunFailed
+
+    rewards = tmp_path / "bad_rewards.py"
+    rewards.write_text(f"def score(prompts, completions, labels):\n{body}")
+    cfg = own(tmp_path, micro_world, "learner.steps=2", "rollout.sampling.n=2",
+              "rollout.prompts_per_batch=4",
+              f"reward.functions=[{{path: {rewards}, name: score}}]")
+    with pytest.raises(RunFailed) as e:
+        train(cfg)
+    assert message.format(ref=f"{rewards}:score") in str(e.value)
