@@ -26,6 +26,11 @@ from pathlib import Path
 from benchmarks.common import REPO, init_ray, machine
 
 BEGIN, END = "<!-- shards:begin (python -m benchmarks.shards) -->", "<!-- shards:end -->"
+# glibc keeps freed blocks in its arenas (one per thread that allocated: gloo adds threads), so
+# a process's RSS can stay far above its live tensors; with this threshold every block of
+# 64 KiB or more is its own mapping, returned to the OS when freed, and the peak RSS measures
+# what the learner really holds (measured: without it, world size 2 showed the same peak as 1)
+MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def _samples(n: int, prompt: int, response: int, vocab: int):
@@ -56,9 +61,10 @@ def measure(model_dir: Path, shape: str, world_size: int, steps: int) -> dict:
                            kl=KLSettings(coef=0.05), off_policy="tis")
     model, _ = model_shape(model_dir)
     samples = _samples(16, 32, 32, model.vocab)
-    actor = ray.remote(LearnerActor).options(num_cpus=1).remote(
+    options = {"num_cpus": 1, "runtime_env": {"env_vars": MALLOC}}
+    actor = ray.remote(LearnerActor).options(**options).remote(
         settings, str(model_dir), [], pad_token_id=0, world_size=world_size,
-        rank_options={"num_cpus": 1}, collective_timeout_s=1800, publish_dtype="bfloat16")
+        rank_options=options, collective_timeout_s=1800, publish_dtype="bfloat16")
     step_s = []
     for _ in range(steps):
         t0 = time.perf_counter()

@@ -18,8 +18,8 @@ from actors.engines import HFEngine
 from actors.reward import RewardMember, combine_scores
 from actors.scoring import pad_token_id
 from learner.trainer import PPOTrainer, RolloutBatch
-from services.bootstrap import combine_options, reward_specs
 from services.config import load_config
+from services.fleet import combine_options, reward_specs
 from services.tasks import load_task
 
 

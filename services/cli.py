@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -71,8 +72,9 @@ def _experiments():
     """The research harness `experiments/` of the source checkout (not installed with raylign;
     `pip install -e .` does not put the checkout on sys.path for console scripts); None if
     this raylign is not run from a checkout."""
+    # loaded by name at run time: a plug-in on top of the service, never a dependency of it
     try:
-        import experiments
+        return importlib.import_module("experiments")
     except ModuleNotFoundError as e:
         root = Path(__file__).resolve().parents[1]  # the checkout holding services/
         if e.name != "experiments":
@@ -80,8 +82,7 @@ def _experiments():
         if not (root / "experiments" / "__init__.py").is_file():
             return None
         sys.path.insert(0, str(root))
-        import experiments
-    return experiments
+        return importlib.import_module("experiments")
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:

@@ -80,7 +80,7 @@ def load_trainer(cfg, task, learner_dir: Path | None = None):
     from transformers import AutoTokenizer
 
     from actors.learner import LearnerActor
-    from services.bootstrap import learner_args
+    from services.fleet import learner_args
 
     tokenizer = AutoTokenizer.from_pretrained(task.tokenizer_dir)
     with torch.random.fork_rng(devices=[]):

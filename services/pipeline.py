@@ -34,11 +34,11 @@ from actors.fleet import ActorGroup, Member
 from actors.records import Prompt, ScoredSample, StepStats, TrainBatch
 from actors.reward import RewardFunctionError
 from services import admission
-from services.bootstrap import Fleet, signals_to
 from services.broadcast import Broadcast
 from services.checkpoint import (
     DriverState,
 )
+from services.fleet import Fleet, signals_to
 from services.health import Health
 from services.metrics import Metrics
 from services.recovery import Recovery

@@ -38,9 +38,9 @@ import torch
 from tqdm.auto import tqdm
 
 from actors.scoring import RewardScorer, encode_inputs, reward_forward
-from services.config import TinyWorldConfig
 from services.tasks import corpus
 from services.tasks.base import PromptStream, Task
+from services.tasks.configs import TinyWorldConfig
 from services.tasks.gold import gold_score
 from services.tasks.models import (
     ModelSize,

@@ -54,8 +54,8 @@ class Probe:
 
 
 def test_a_roles_nice_is_added_to_its_actors_processes(ray_session):
-    from services.bootstrap import remote
     from services.config import Placement
+    from services.fleet import remote
 
     def nice(placement, name):
         actor = remote(Probe, placement, name, "raylign-test-nice").remote()

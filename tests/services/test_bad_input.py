@@ -14,8 +14,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.bootstrap import check_context, check_resumable, train
+from services.bootstrap import train
 from services.config import ConfigError, RunConfig, load_config
+from services.preflight import check_context, check_resumable
 from tests.conftest import REPO, TEST_WORLDS
 
 MICRO = "deploy/configs/micro.yaml"
@@ -95,7 +96,7 @@ def test_a_memory_plan_over_budget_fails_before_ray(micro_world, tmp_path):
 def test_a_run_dir_belongs_to_one_run(micro_world, tmp_path):
     """A second start with the same name is refused before anything is written (the first
     run's files are left as they were); --overwrite deletes the old run first."""
-    from services.bootstrap import check_fresh
+    from services.preflight import check_fresh
 
     cfg = load_config(MICRO, [f"task.cache_dir={TEST_WORLDS}", f"run_dir={tmp_path}"])
     check_fresh(cfg)  # nothing there yet
