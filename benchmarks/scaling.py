@@ -67,7 +67,7 @@ def _live(settings, run_dir: str) -> dict:
                                      else 0) < i * seg:
             time.sleep(0.2)
         if thread.is_alive():
-            controller = find_controller(cfg.cluster.namespace)
+            controller = find_controller(cfg.cluster.namespace, cfg.name)[1]
             ray.get(controller.set_replicas.remote("rollout", n), timeout=60)
     thread.join()
     if failed:

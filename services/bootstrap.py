@@ -93,10 +93,12 @@ def train(cfg: RunConfig, *, resume: bool = False, allow_config_change: bool = F
         from services.export import export_run
 
         summary["export"] = str(export_run(run_dir, merge_lora=cfg.policy.lora is not None))
-    remote_storage = storage.local_path(cfg.storage) is None
-    if remote_storage:  # a URI: the run's outputs go there too
+    # checkpoint storage of its own (a URI, or a local path: e.g. a volume that outlives a
+    # job's temporary working dir, where a relative run_dir lives): the outputs go there too
+    separate = storage.local_path(cfg.storage) != cfg.path
+    if separate:
         summary["outputs"] = str(storage.join(cfg.storage, "outputs"))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    if remote_storage:
+    if separate:
         storage.upload(run_dir, summary["outputs"])
     return summary

@@ -157,16 +157,20 @@ def _connect(args: argparse.Namespace):
     _reach_cluster(address)
     import ray
 
-    from services.control import find_controller
+    from services.control import AmbiguousRun, find_controller
 
     try:
         ray.init(address=address, namespace=args.namespace, log_to_driver=False)
     except ConnectionError as e:
         raise NoCluster(f"no Ray cluster to join ({address}): {e}") from None
     try:
-        return ray, find_controller(args.namespace)
-    except RuntimeError as e:  # no controller actor: no run in that namespace
+        run, controller = find_controller(args.namespace, args.run)
+    except AmbiguousRun as e:
+        raise ConfigError(str(e)) from None
+    except RuntimeError as e:  # no controller actor: no such run in that namespace
         raise NoCluster(str(e)) from None
+    print(f"run '{run}' (namespace '{args.namespace}', Ray at {address})", file=sys.stderr)
+    return ray, controller
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
@@ -188,8 +192,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_stop(args: argparse.Namespace) -> int:
     ray, controller = _connect(args)
     ray.get(controller.request_stop.remote())
-    print(f"stop requested: the job in namespace '{args.namespace}' checkpoints and stops "
-          "(resume with raylign train --resume)")
+    print("stop requested: the run checkpoints and stops (resume with raylign train "
+          "--resume)")
     return 0
 
 
@@ -247,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--address", default=None, help="Ray address (default: auto)")
         p.add_argument("--namespace", default="raylign", help="the run's cluster.namespace")
+        p.add_argument("--run", default=None, help="the run's name (its config's `name`); "
+                       "needed when several runs share the namespace")
         if name == "scale":
             p.add_argument("--rollout", type=_positive, default=None, help="rollout workers")
             p.add_argument("--reward-replicas", type=_positive, default=None,

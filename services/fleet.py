@@ -52,7 +52,7 @@ class Fleet:
         heldout = HeldOut.build(cfg, task, tokenizer, gold_scorer(cfg, task))
         controller = start_controller(
             {"rollout": cfg.rollout.replicas, "reward": cfg.reward.replicas},
-            cfg.cluster.namespace)
+            cfg.cluster.namespace, cfg.name)
         return cls(cfg, task, learner_args(cfg, task, tokenizer), controller, heldout)
 
     def learners(self) -> ActorGroup:

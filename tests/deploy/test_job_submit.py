@@ -142,14 +142,14 @@ def strip_ansi(text: str) -> str:
 
 def test_ray_job_submit_trains_on_a_loopback_cluster(loopback_cluster, micro_world, tmp_path):
     env, dashboard, port, groups = loopback_cluster
-    run_dir = tmp_path / "runs"
-    job = f"raylign-test-{secrets.token_hex(4)}"
+    store = tmp_path / "store"  # outlives the job; run_dir stays relative (the default):
+    job = f"raylign-test-{secrets.token_hex(4)}"  # inside the job's temporary working dir
     # rollout on the worker node (only it has `rollout`): the job spans both nodes
     submit = [RAY, "job", "submit", "--address", dashboard, "--submission-id", job,
               "--working-dir", str(REPO), "--",
               "raylign", "train", "--config", "deploy/configs/micro.yaml", "learner.steps=2",
-              "cluster.address=auto", f"task.cache_dir={TEST_WORLDS}", f"run_dir={run_dir}",
-              "rollout.resources.rollout=1"]
+              "cluster.address=auto", f"task.cache_dir={TEST_WORLDS}",
+              f"checkpoint.storage={store}", "rollout.resources.rollout=1"]
     started = time.monotonic()
     try:
         done = subprocess.run(submit, env=env, cwd=REPO, capture_output=True, text=True,
@@ -167,8 +167,12 @@ def test_ray_job_submit_trains_on_a_loopback_cluster(loopback_cluster, micro_wor
     # the driver joined the head on loopback (the bug: it dialled the host's external IP)
     assert "Connecting to existing Ray cluster at address: 127.0.0.1:" in log, log[-4000:]
 
-    summary = json.loads((run_dir / "micro" / "summary.json").read_text())
+    outputs = store / "micro" / "outputs"  # summary, metrics, plots, the export
+    summary = json.loads((outputs / "summary.json").read_text())
     assert summary["steps"] == 2 and not summary["interrupted"]
+    assert summary["outputs"] == str(outputs)
+    assert (outputs / "export" / "step-000002" / "model.safetensors").is_file()
+    assert list((store / "micro" / "checkpoints").glob("step-*"))
     ledger = summary["ledger"]
     assert ledger["trained"] == 2 * SAMPLES_PER_STEP
     assert set(ledger) <= {"trained"} | {k for k in ledger if k.startswith("dropped:")}

@@ -25,7 +25,7 @@ import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from services.bootstrap import train  # noqa: E402
-from services.control import CONTROLLER_NAME  # noqa: E402
+from services.control import controller_name  # noqa: E402
 from services.errors import RunFailed  # noqa: E402
 from tests.services.test_pipeline import micro, rows  # noqa: E402
 
@@ -67,7 +67,7 @@ def actor_nodes(cfg) -> dict[str, str]:
 
 
 def controller(cfg):
-    return ray.get_actor(CONTROLLER_NAME, namespace=cfg.cluster.namespace)
+    return ray.get_actor(controller_name(cfg.name), namespace=cfg.cluster.namespace)
 
 
 def run_in_thread(cfg) -> tuple[threading.Thread, dict]:

@@ -16,7 +16,7 @@ import ray
 
 from services.bootstrap import train
 from services.checkpoint import latest_valid, step_of
-from services.control import CONTROLLER_NAME
+from services.control import controller_name
 from services.errors import RunFailed
 from tests.services.test_pipeline import micro, raylign_train, rows
 from tests.services.test_reliability import _pid, _wait_for_steps
@@ -40,7 +40,7 @@ def _in_thread(cfg, **kw) -> tuple[threading.Thread, dict]:
 
 
 def _controller_pid(cfg) -> int:
-    controller = ray.get_actor(CONTROLLER_NAME, namespace=cfg.cluster.namespace)
+    controller = ray.get_actor(controller_name(cfg.name), namespace=cfg.cluster.namespace)
     return ray.get(controller.poll.remote())[2]
 
 
@@ -57,7 +57,7 @@ def test_hung_worker_spent_reward_member_and_killed_controller_are_replaced(
     _wait_for_steps(cfg, 5)
     os.kill(_controller_pid(cfg), signal.SIGKILL)  # Ray restarts it; the driver re-seeds it
     _wait_for_steps(cfg, 6)
-    controller = ray.get_actor(CONTROLLER_NAME, namespace=cfg.cluster.namespace)
+    controller = ray.get_actor(controller_name(cfg.name), namespace=cfg.cluster.namespace)
     ray.get(controller.set_replicas.remote("rollout", 2))  # ops still reach the run
     thread.join(timeout=600)
     summary = result["summary"]

@@ -17,7 +17,7 @@ import ray
 from services.bootstrap import train
 from services.checkpoint import latest_valid
 from services.config import load_config
-from services.control import find_controller
+from services.control import find_controller, start_controller
 from tests.conftest import TEST_WORLDS, require_vllm
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,7 +110,8 @@ def test_scale_rollout_during_a_run_then_stop_it(ray_session, micro_world, tmp_p
         deadline = time.time() + timeout
         while time.time() < deadline and thread.is_alive():
             try:
-                status = ray.get(find_controller(cfg.cluster.namespace).status.remote())
+                controller = find_controller(cfg.cluster.namespace, cfg.name)[1]
+                status = ray.get(controller.status.remote())
             except Exception:
                 time.sleep(0.2)
                 continue
@@ -122,15 +123,24 @@ def test_scale_rollout_during_a_run_then_stop_it(ray_session, micro_world, tmp_p
         raise AssertionError(f"never saw {n} rollout workers; saw {seen[-5:]}")
 
     wait_for_workers(1)
-    ray.get(find_controller(cfg.cluster.namespace).set_replicas.remote("rollout", 2))
+    ray.get(find_controller(cfg.cluster.namespace, cfg.name)[1].set_replicas.remote("rollout", 2))
     wait_for_workers(2)
-    ray.get(find_controller(cfg.cluster.namespace).set_replicas.remote("rollout", 1))
+    ray.get(find_controller(cfg.cluster.namespace, cfg.name)[1].set_replicas.remote("rollout", 1))
     wait_for_workers(1)
-    cli = subprocess.run(
-        [sys.executable, "-m", "services.cli", "stop", "--namespace", cfg.cluster.namespace,
-         "--address", ray.get_runtime_context().gcs_address],
-        capture_output=True, text=True, timeout=120)
+    # a second run's controller in the namespace: `stop` without --run acts on neither
+    other = start_controller({"rollout": 1, "reward": 1}, cfg.cluster.namespace, "other")
+    stop = [sys.executable, "-m", "services.cli", "stop", "--namespace", cfg.cluster.namespace,
+            "--address", ray.get_runtime_context().gcs_address]
+    cli = subprocess.run(stop, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2, cli.stderr[-2000:]
+    assert "2 runs in namespace 'raylign': micro, other; name one with --run" in cli.stderr
+    assert not ray.get(other.status.remote())["stop_requested"] and thread.is_alive()
+    cli = subprocess.run([*stop, "--run", "micro"], capture_output=True, text=True,
+                         timeout=120)
     assert cli.returncode == 0, cli.stderr[-2000:]
+    assert "run 'micro' (namespace 'raylign'" in cli.stderr
+    assert not ray.get(other.status.remote())["stop_requested"]
+    ray.kill(other)
     thread.join(timeout=120)
     assert not thread.is_alive(), "the run did not stop after raylign stop"
     summary = result["summary"]
