@@ -62,7 +62,7 @@ class LearnerActor:
                  publish_dtype: str | None = None, world_size: int = 1,
                  rank_options: dict | None = None, collective_timeout_s: float = 600.0,
                  rank: int = 0, master: tuple[str, int] | None = None,
-                 gradient_checkpointing: bool = False) -> None:
+                 gradient_checkpointing: bool = False, drift_every: int = 1) -> None:
         """compute_dtype: the learner's autocast dtype; publish_dtype: the dtype of the
         snapshots workers load (None = the checkpoint's). world_size: ranks in the learner
         group, started by rank 0 with `rank_options` (Ray actor options); `rank` and `master`
@@ -80,7 +80,8 @@ class LearnerActor:
                             temperature=temperature, seed=seed, pad_token_id=pad_token_id,
                             compute_dtype=compute_dtype, publish_dtype=publish_dtype,
                             world_size=world_size, collective_timeout_s=collective_timeout_s,
-                            master=master, gradient_checkpointing=gradient_checkpointing)
+                            master=master, gradient_checkpointing=gradient_checkpointing,
+                            drift_every=drift_every)
                 here = NodeAffinitySchedulingStrategy(
                     ray.get_runtime_context().get_node_id(), soft=True)
                 self.ranks = [ray.remote(LearnerActor).options(
@@ -99,7 +100,8 @@ class LearnerActor:
                                   lora=lora, temperature=temperature, seed=seed,
                                   compute_dtype=getattr(torch, compute_dtype),
                                   publish_dtype=publish, group=group,
-                                  gradient_checkpointing=gradient_checkpointing)
+                                  gradient_checkpointing=gradient_checkpointing,
+                                  drift_every=drift_every)
         self.puts = 0  # ray.put calls: exactly one per published version
 
     def _on_every_rank(self, method: str, *args) -> list[ray.ObjectRef]:

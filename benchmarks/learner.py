@@ -5,7 +5,8 @@ What one PPO step does (the run config's learner settings): experience without g
 old log-probs, the reference log-probs by swapping the init weights into the policy, critic
 values), GAE + whitening, then ppo_epochs x (batch / minibatch) minibatches, each a policy
 forward+backward, a critic (separate trunk) forward+backward, grad clipping and two Adam steps,
-plus the EMA update (Elastic Reset) and a pre-step backup copy of the trainable state.
+plus the EMA update (Elastic Reset). No copy of the state is made (`passes` below times the
+one a pre-step backup would cost).
 
 Two ratios: raw = step ÷ one bare policy forward+backward of the whole batch (the issue's
 figure; it counts the PPO algorithm's extra model passes as overhead), and normalised = step ÷
@@ -131,7 +132,7 @@ def run(settings, cfg, world) -> dict:
         "step_includes": (f"3 no-grad forwards of {b} (policy old, init reference, critic); "
                           f"{lc.ppo_epochs} epochs x {len(minis)} minibatches of {mb}: "
                           f"policy fwd+bwd + critic fwd+bwd + clip + 2 Adam steps "
-                          f"({passes} fwd+bwd in all); GAE, whitening, EMA, pre-step backup"),
+                          f"({passes} fwd+bwd in all); GAE, whitening, EMA"),
         "step_s": stats(steps), "bare_fwd_bwd_s": stats(fb), "bare_equivalent_s": stats(eq),
         "raw_ratio": stats([s / f for s, f in zip(steps, fb)]),
         "normalised_ratio": stats([s / e for s, e in zip(steps, eq)]),
@@ -140,4 +141,49 @@ def run(settings, cfg, world) -> dict:
                    "value": out["normalised_ratio"]["median"],
                    "raw_value": out["raw_ratio"]["median"]}
     out["goal"]["met"] = out["goal"]["value"] <= 1.3
+    out["passes"] = step_passes(settings, cfg, world, batch, threads, pad)
     return out
+
+
+def step_passes(settings, cfg, world, batch, threads: int, pad: int) -> dict:
+    """The step with and without each optional pass, timed alternately in one process: the
+    KL reference forward (kl.coef > 0 uses it; the initial weights serve the drift metric
+    too when it is the reference), the drift metric's forward of the initial weights
+    (learner.drift_every), and what a per-step copy of the trainable state would cost."""
+    import copy
+    import dataclasses
+
+    import torch
+
+    from actors.learner import build_policy
+    from learner.trainer import PPOTrainer
+
+    lc = cfg.learner
+    coef = lc.kl.coef or 0.05
+    variants = {  # name: (kl.coef, drift_every)
+        "kl in use (reference forward)": (coef, 1),
+        "kl.coef 0, drift every step (init forward)": (0.0, 1),
+        "kl.coef 0, drift_every 0 (neither)": (0.0, 0),
+    }
+    torch.set_num_threads(threads)
+    trainers = {}
+    for name, (c, every) in variants.items():
+        settings_v = dataclasses.replace(lc, kl=dataclasses.replace(lc.kl, coef=c,
+                                                                    adaptive=False))
+        policy, _ = build_policy(world.sft_dirs[0], [], init="sft")
+        trainers[name] = PPOTrainer(policy, settings_v, pad_token_id=pad,
+                                    temperature=cfg.rollout.sampling.temperature,
+                                    seed=cfg.seed, drift_every=every)
+        trainers[name].step(batch)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in [*variants, "state copy"]}
+    for _ in range(settings.repeats):
+        for name, tr in trainers.items():
+            t0 = time.perf_counter()
+            tr.step(batch)
+            times[name].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        copy.deepcopy(trainers[next(iter(variants))]._state())
+        times["state copy"].append(time.perf_counter() - t0)
+    base = times[next(iter(variants))]
+    return {name: {"s": stats(ts), "ratio_to_kl_in_use": stats(
+        [t / b for t, b in zip(ts, base)])} for name, ts in times.items()}

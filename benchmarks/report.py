@@ -141,6 +141,12 @@ def detail(res: dict) -> list[str]:
                 f"raw {_s(x['raw_ratio'])} |",
                 f"| the step's model passes, bare | {_s(x['bare_equivalent_s'])} | "
                 f"normalised {_s(x['normalised_ratio'])} |"]
+        if "passes" in x:
+            out += ["", "The step with and without its optional passes (timed alternately; "
+                    "ratio to the step with the KL in use):", "",
+                    "| step | seconds | ratio |", "|---|---|---|"]
+            out += [f"| {name} | {_s(v['s'])} | {_s(v['ratio_to_kl_in_use'])} |"
+                    for name, v in x["passes"].items()]
     if "overlap" in f:
         o = f["overlap"]
         out += ["", f"### 4. Overlap (train(), {o['steps_per_run']} steps of "

@@ -164,6 +164,10 @@ class PPOTrainer:
     device: where the models and the batch live (None = CUDA if this process sees a GPU).
     group: this process's rank in a learner group (None = a single process).
     gradient_checkpointing: recompute activations in the backward pass (policy and critic).
+    drift_every: steps between the KL-to-init metrics (`kl/init_*`): their forward of the
+    initial weights runs only then, unless the KL reference is the initial model and in use
+    (0 = never). The reference forward runs only when the KL is in use (kl.coef > 0 or
+    adaptive).
     """
 
     def __init__(
@@ -181,10 +185,12 @@ class PPOTrainer:
         device: str | torch.device | None = None,
         group: Group | None = None,
         gradient_checkpointing: bool = False,
+        drift_every: int = 1,
     ) -> None:
         s = self.settings = settings
         er = s.elastic_reset
         self.lora, self.temperature = lora, temperature
+        self.drift_every = drift_every
         self.pad_token_id = int(pad_token_id)
         get_kl_estimator(s.kl.estimator)
         self.generator = torch.Generator().manual_seed(seed)
@@ -385,16 +391,24 @@ class PPOTrainer:
                                      "(RolloutBatch.logprobs)")
                 weights, off_stats = behaviour_weights(old_logp, batch.logprobs, mask,
                                                        off_policy, s.off_policy_cap)
-            ref_logp = self._gathered(self._ref_logprobs, inputs, rows, plen, response[rows],
-                                      s.kl.reference)
-            init_logp = (ref_logp if s.kl.reference == "init" else self._gathered(
-                self._ref_logprobs, inputs, rows, plen, response[rows], "init"))
+            uses_kl = s.kl.coef > 0 or s.kl.adaptive  # else the reference forward is skipped
+            drift = bool(self.drift_every) and (self.version + 1) % self.drift_every == 0
+            ref_logp = init_logp = None
+            if uses_kl:
+                ref_logp = self._gathered(self._ref_logprobs, inputs, rows, plen,
+                                          response[rows], s.kl.reference)
+            if s.kl.reference == "init" and ref_logp is not None:
+                init_logp = ref_logp
+            elif drift:
+                init_logp = self._gathered(self._ref_logprobs, inputs, rows, plen,
+                                           response[rows], "init")
             old_values = (self._gathered(self._values, inputs, rows, plen, tlen)
                           if self.critic is not None else torch.zeros_like(mask))
 
             # 2. rewards: score at the last real token, minus beta * KL per token
             beta = self.kl_ctl.value
-            kl_tok = kl_per_token(old_logp, ref_logp, s.kl.estimator)
+            kl_tok = (kl_per_token(old_logp, ref_logp, s.kl.estimator) if uses_kl
+                      else torch.zeros_like(mask))
             penalty_beta = beta if s.kl.mode == "reward" else 0.0
             rewards = kl_penalised_rewards(scores, kl_tok, mask, penalty_beta)
 
@@ -432,7 +446,7 @@ class PPOTrainer:
                 # loss would only rescale its gradient, which Adam undoes (value_lr sets its pace)
                 loss = pg_loss + vf_loss - s.ent_coef * ent
                 kl_loss = torch.zeros((), device=self.device)
-                if s.kl.mode == "loss":
+                if s.kl.mode == "loss" and uses_kl:
                     kl_loss = masked_mean(kl_per_token(logp, ref_logp[idx], s.kl.estimator), m)
                     loss = loss + beta * kl_loss
                 for o in optimizers:
@@ -483,19 +497,20 @@ class PPOTrainer:
                 self.policy_opt.state.clear()
                 if critic_reset:
                     self.critic_opt.state.clear()
-        with torch.no_grad():
-            kl_ref_seq = masked_sum(kl_k1(old_logp, ref_logp), mask, dim=1)
-            kl_init_k1 = masked_sum(kl_k1(old_logp, init_logp), mask, dim=1)
-            kl_init_k2 = masked_sum(kl_k2(old_logp, init_logp), mask, dim=1)
-        self.kl_ctl.update(float(kl_ref_seq.mean()), b)
-        self.version += 1
-
         stats = {k: sum(v) / len(v) for k, v in acc.items()}
+        with torch.no_grad():
+            if ref_logp is not None:
+                kl_ref = float(masked_sum(kl_k1(old_logp, ref_logp), mask, dim=1).mean())
+                self.kl_ctl.update(kl_ref, b)
+                stats["kl/ref"] = kl_ref
+            if init_logp is not None:
+                stats["kl/init_k1"] = float(masked_sum(kl_k1(old_logp, init_logp), mask,
+                                                       dim=1).mean())
+                stats["kl/init_k2"] = float(masked_sum(kl_k2(old_logp, init_logp), mask,
+                                                       dim=1).mean())
+        self.version += 1
         stats.update({
-            "kl/ref": float(kl_ref_seq.mean()),
             "kl/penalty_estimator": float(masked_sum(kl_tok, mask, dim=1).mean()),
-            "kl/init_k1": float(kl_init_k1.mean()),
-            "kl/init_k2": float(kl_init_k2.mean()),
             "kl/coef": float(beta),
             "kl/coef_next": float(self.kl_ctl.value),
             "reward/score_mean": float(scores.mean()),

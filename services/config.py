@@ -172,6 +172,12 @@ class LearnerConfig(Placement, PPOSettings):
         1, ge=1, description="learner ranks: N > 1 shards the model, gradients and optimizer "
         "state over N actors (FSDP2; each with this section's num_cpus/num_gpus) that make the "
         "update one learner would; minibatch_size must divide by it; full fine-tuning only")
+    drift_every: int = Field(
+        1, ge=0, description="steps between the per-step KL-to-init metrics (kl/init_k1, "
+        "kl/init_k2; the plots' KL axis): their forward of the initial weights runs only then, "
+        "unless the KL reference is the initial model and in use (0 = never; the held-out "
+        "drift of eval_every is separate). The reference forward runs only when kl.coef > 0 "
+        "or kl.adaptive")
     gradient_checkpointing: bool = Field(
         False, description="recompute each decoder layer's activations in the backward pass "
         "instead of keeping them (less memory, one more forward per minibatch)")

@@ -94,7 +94,8 @@ def learner_args(cfg: RunConfig, task: Task, tokenizer) -> dict:
             "pad_token_id": pad_token_id(tokenizer),
             "world_size": cfg.learner.world_size, "rank_options": rank_options(cfg.learner),
             "collective_timeout_s": cfg.deadlines.step_s,
-            "gradient_checkpointing": cfg.learner.gradient_checkpointing}
+            "gradient_checkpointing": cfg.learner.gradient_checkpointing,
+            "drift_every": cfg.learner.drift_every}
 
 
 def rank_options(res: Placement) -> dict:

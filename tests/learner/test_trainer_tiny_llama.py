@@ -357,3 +357,23 @@ def test_advantages_by_estimator_by_hand():
                              [1 + 0.5 * 3, 3.0, 0.0], [2.0, 0, 0], [4.0, 0, 0]])
     torch.testing.assert_close(a, expected)
     torch.testing.assert_close(r, expected)
+
+
+def test_reference_and_init_forwards_run_only_when_needed():
+    """kl.coef 0 (fixed): no reference forward, no kl/ref; drift_every 0: no forward of the
+    initial weights either. Skipping them changes no update (bit for bit)."""
+    runs = {}
+    for drift_every in (1, 0, 2):
+        settings = PPOSettings(minibatch_size=8, kl=KLSettings(coef=0.0, reference="init"))
+        tr = PPOTrainer(tiny_llama(0), settings, pad_token_id=0, drift_every=drift_every)
+        calls = []
+        real = tr._ref_logprobs
+        tr._ref_logprobs = lambda *a, _real=real, _calls=calls: _calls.append(a[-1]) or _real(*a)
+        stats = [tr.step(sample(tr, seed=i, b=8)) for i in range(2)]
+        assert all("kl/ref" not in st for st in stats)
+        runs[drift_every] = (calls, stats, params(tr.policy))
+    assert runs[1][0] == ["init", "init"] and runs[0][0] == [] and runs[2][0] == ["init"]
+    assert all("kl/init_k1" in st for st in runs[1][1])
+    assert [("kl/init_k1" in st) for st in runs[2][1]] == [False, True]
+    for k, v in runs[1][2].items():
+        assert torch.equal(v, runs[0][2][k]) and torch.equal(v, runs[2][2][k])
