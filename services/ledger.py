@@ -18,11 +18,13 @@ class LedgerError(RuntimeError):
 class Ledger:
     def __init__(self) -> None:
         self.status: dict[int, str] = {}  # prompt_id -> pending | trained | dropped:<reason>
+        self.open: set[int] = set()  # the pending ids (kept with status, for O(1) queries)
 
     def issue(self, prompt_id: int) -> None:
         if prompt_id in self.status and self.status[prompt_id] != PENDING:
             raise LedgerError(f"prompt {prompt_id} issued again after {self.status[prompt_id]}")
         self.status[prompt_id] = PENDING
+        self.open.add(prompt_id)
 
     def is_pending(self, prompt_id: int) -> bool:
         return self.status.get(prompt_id) == PENDING
@@ -38,9 +40,10 @@ class Ledger:
         if current != PENDING:
             raise LedgerError(f"prompt {prompt_id}: cannot mark {outcome}, it is {current}")
         self.status[prompt_id] = outcome
+        self.open.discard(prompt_id)
 
     def pending(self) -> list[int]:
-        return sorted(p for p, s in self.status.items() if s == PENDING)
+        return sorted(self.open)
 
     def counts(self) -> dict[str, int]:
         return dict(Counter(self.status.values()))
@@ -61,4 +64,5 @@ class Ledger:
     def from_json(cls, data: dict) -> Ledger:
         ledger = cls()
         ledger.status = {int(k): v for k, v in data.items()}
+        ledger.open = {k for k, v in ledger.status.items() if v == PENDING}
         return ledger

@@ -12,7 +12,9 @@ One prompt's path, in the order of `Driver.run`'s phases:
   4. `_start_step`: the groups of the lowest fresh prompt ids make a `TrainBatch`;
   5. `_on_learner_step`: the ledger marks them trained, and the new weights ref reaches every
      worker (one `ray.put` by the learner, N readers).
-A worker that fails hands its prompts back (`reissue`); the ledger counts every id exactly once.
+Each of these moves the prompt id along `PromptFlow` (services/flow.py), which checks the
+ledger's invariant at every transition: a worker that fails hands its prompts back (requeue);
+the ledger counts every id exactly once.
 
 Faults (deadlines, replacements, a learner restored from its checkpoint) and checkpoints are
 the driver's `Recovery` methods, in services/recovery.py.
@@ -39,6 +41,7 @@ from services.checkpoint import (
     DriverState,
 )
 from services.fleet import Fleet, signals_to
+from services.flow import SCORING, PromptFlow
 from services.health import Health
 from services.metrics import Metrics
 from services.recovery import Recovery
@@ -67,7 +70,7 @@ class Driver(Recovery):
         self.rewards = fleet.rewards(on_failure=lambda m, e: self.health.failed(m, "reward", e))
         self.heldout = fleet.heldout
         self.state = DriverState()
-        self.reissue: list[int] = []  # prompt ids to hand out again before new ones
+        self.flow = PromptFlow(self.state.ledger, self.state.cursor)  # every prompt's stage
         self.gens: dict[ray.ObjectRef, Gen] = {}
         self.buffer: list[ScoredSample] = []  # scored, waiting for a learner step
         self.nonfinite_run = 0  # samples in a row whose rewards were all non-finite
@@ -138,6 +141,11 @@ class Driver(Recovery):
 
     def _fill_rollouts(self) -> None:
         cfg, n = self.cfg, self.cfg.rollout.sampling.n
+        now = time.monotonic()
+        for worker in self.rollout.active():  # restarted by Ray: a fresh process, no weights
+            if worker.needs_weights and worker.ready and worker.retry_at <= now:
+                self.weights.send_to(worker)  # it gets prompts once it acknowledges them
+                worker.needs_weights = False
         while True:
             room = admission.issue_room(  # in samples; a prompt makes a group of n
                 samples_per_step=cfg.learner.samples_per_step,
@@ -152,9 +160,6 @@ class Driver(Recovery):
             if room <= 0 or worker is None or capped:
                 return
             prompts = self._next_prompts(min(cfg.rollout.prompts_per_batch, room))
-            if worker.needs_weights:  # restarted by Ray: a fresh process without weights
-                self.weights.send_to(worker)
-                worker.needs_weights = False
             worker.inflight += 1
             self.gens[worker.handle.generate.remote(prompts)] = Gen(worker, prompts)
 
@@ -165,14 +170,9 @@ class Driver(Recovery):
         return prompts * self.cfg.rollout.sampling.n + len(self.buffer)
 
     def _next_prompts(self, n: int) -> list[Prompt]:
-        ids, self.reissue = self.reissue[:n], self.reissue[n:]
-        while len(ids) < n:
-            pid, self.state.cursor = self.state.cursor, self.state.cursor + 1
-            self.state.ledger.issue(pid)
-            if self._too_long(pid):
-                self._drop(pid, "too_long")
-            else:
-                ids.append(pid)
+        ids, too_long = self.flow.issue(n, self._too_long)  # requeued ids first
+        for _ in too_long:
+            self.metrics.record_dropped("too_long")
         return [(i, self.task.train.text(i)) for i in ids]
 
     def _too_long(self, prompt_id: int) -> bool:
@@ -187,9 +187,10 @@ class Driver(Recovery):
             ray.get(ref)  # raises if the worker died mid-call (the samples stay in the store)
         except RayError as e:
             self.health.failed(gen.worker, "rollout", e)
-            self.reissue = sorted([p for p, _ in gen.prompts] + self.reissue)
+            self.flow.requeue(p for p, _ in gen.prompts)
             return
         gen.worker.succeeded()
+        self.flow.generated(p for p, _ in gen.prompts)
         labels = (None if self.task.train.labels is None else
                   {pid: self.task.train.label(pid) for pid, _ in gen.prompts})
         self.rewards.submit(gen.prompts, ref, labels)
@@ -211,9 +212,8 @@ class Driver(Recovery):
                        checkpoint=True)
         quarantined = {s.sample.prompt_id for s in scored.quarantined}
         self.metrics.record_nonfinite("reward", len(scored.quarantined))
-        buffered = {s.sample.prompt_id for s in self.buffer}
         for pid, group in admission.groups(every):  # a prompt's group is kept or dropped whole
-            if not self.state.ledger.is_pending(pid) or pid in buffered:  # late duplicate
+            if self.flow.at(pid) != SCORING:  # a late duplicate of work issued again
                 self.metrics.record_dropped("duplicate")
             elif pid in quarantined:
                 self._drop(pid, "nonfinite_reward")
@@ -221,6 +221,7 @@ class Driver(Recovery):
                                     self.cfg.rollout.max_staleness):
                 self._drop(pid, "stale")
             else:
+                self.flow.buffered([pid])
                 self.buffer += group
         self.report.truncated += sum(s.sample.prompt_truncated for s in every)
         self.metrics.record_samples(every[0].sample.worker_id if every else "?", len(every),
@@ -235,6 +236,7 @@ class Driver(Recovery):
         for pid, _ in admission.groups(stale):  # buffered while newer versions were published
             self._drop(pid, "stale")
         if batch is not None:
+            self.flow.batched(pid for pid, _ in admission.groups(batch))
             train = TrainBatch(batch, learner_version=self.weights.version)
             self.metrics.observe_staleness(train.staleness)
             self.step = (self.learner.step.remote(batch), train)
@@ -261,8 +263,8 @@ class Driver(Recovery):
             if stats.skipped:
                 self._drop(pid, "skipped_step")
             else:
-                self.state.ledger.trained(pid)
-        extra = {"data/epoch": float(self.task.train.epoch(self.state.cursor))}
+                self.flow.trained([pid])
+        extra = {"data/epoch": float(self.task.train.epoch(self.flow.cursor))}
         if not stats.skipped:
             self.metrics.record_trained(len(batch))
             with self.report.phase("broadcast"):
@@ -304,7 +306,7 @@ class Driver(Recovery):
         self.metrics.set_desired_actors("reward", desired["reward"] * len(self.rewards.groups))
 
     def _drop(self, prompt_id: int, reason: str) -> None:
-        self.state.ledger.dropped(prompt_id, reason)
+        self.flow.drop(prompt_id, reason)
         self.metrics.record_dropped(reason)
 
     def _wait(self) -> list[ray.ObjectRef]:
@@ -349,7 +351,6 @@ class Driver(Recovery):
             self.gens.clear()
             self.rewards.clear()
             self.buffer.clear()
-            self.reissue.clear()
             ckpt = self._final_checkpoint()
             counts = self.state.ledger.check(allow_pending=True)
         else:

@@ -54,7 +54,7 @@ class Recovery:
         if role == "rollout":
             for ref, gen in [(r, g) for r, g in self.gens.items() if g.worker is member]:
                 del self.gens[ref]
-                self.reissue = sorted([p for p, _ in gen.prompts] + self.reissue)
+                self.flow.requeue(p for p, _ in gen.prompts)
             self.weights.forget(member)
             self.rollout.replace(member)
         elif role == "reward":
@@ -150,9 +150,14 @@ class Recovery:
         extra = {"config.json": (self.run_dir / "config.json").read_bytes(),
                  "metrics.jsonl": log.read_bytes() if log.is_file() else b""}
         return save_checkpoint(
-            self.storage, self.state.steps, self.state.to_json(),
+            self.storage, self.state.steps, self._driver_state(),
             lambda d: self._get(self.learner.save.remote(str(d))), self.cfg.checkpoint.keep,
             extra)
+
+    def _driver_state(self) -> dict:
+        """The driver's checkpointed state: steps, the flow's cursor and ledger, counts."""
+        self.state.cursor = self.flow.cursor
+        return self.state.to_json()
 
     def _restore(self) -> None:
         ckpt = latest_valid(self.storage)
@@ -177,7 +182,7 @@ class Recovery:
         saved.restarts, saved.replacements = self.state.restarts, self.state.replacements
         self.state = saved
         self.state.ledger.check(allow_pending=True)
-        self.reissue = self.state.ledger.pending()
+        self.flow.rewind(saved.ledger, saved.cursor)  # its pending ids are queued again
 
     def _drain_learner(self) -> bool:
         """Finish the learner step in flight (within its deadline), so a checkpoint sees a

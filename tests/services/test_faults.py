@@ -4,6 +4,7 @@ lost its state, a killed controller, a driver killed with kill -9."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -145,5 +146,5 @@ def test_a_hung_rollout_worker_never_stalls_the_run(ray_session, micro_world, tm
     after = [t for t in times if t > stopped]
     gaps = [b - a for a, b in zip([stopped, *after], after)]
     assert max(gaps) < 25, gaps  # bounded by the 5 s deadlines (and start-up), not publish_s
-    with pytest.raises(ProcessLookupError):  # the hung process was killed
-        os.kill(hung, signal.SIGCONT)
+    with contextlib.suppress(psutil.NoSuchProcess):  # the hung process is killed: it exits
+        psutil.Process(hung).wait(timeout=60)  # (psutil.TimeoutExpired if it does not)

@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from actors.records import Sample
-from actors.reward import RewardMember, RewardSpec
+from actors.reward import RewardFunctionError, RewardMember, RewardSpec
 from services.cli import main
 from services.config import ConfigError, load_config
 from tests.conftest import TEST_WORLDS
@@ -98,7 +98,7 @@ def test_a_function_member_scores_with_labels_and_checks_its_length(tmp_path):
     assert member.score(samples, {0: "lamp", 1: "lamp"}) == [2 * 1.25, 0.0]
     (tmp_path / "bad.py").write_text("def score(p, c, l):\n    return [1.0]\n")
     bad = RewardMember(1, RewardSpec(function=f"{tmp_path / 'bad.py'}:score"))
-    with pytest.raises(ValueError, match="returned 1 scores for 2 completions"):
+    with pytest.raises(RewardFunctionError, match="returned 1 scores for 2 completions"):
         bad.score(samples)
 
 
