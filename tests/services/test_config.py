@@ -208,3 +208,21 @@ def test_a_model_of_the_wrong_kind_is_refused(tmp_path):
     assert "reward.model_dirs.1:" in msg and "holds a LlamaForCausalLM, not a sequence" in msg
     msg = error_of(None, [f"policy.model_dir={clf}"])
     assert "policy.model_dir:" in msg and "LlamaForSequenceClassification, not a causal LM" in msg
+
+
+def test_gpt2_context_is_read_and_checked(tmp_path):
+    """GPT-2 names its context n_positions: read through AutoConfig, and a dataset task whose
+    prompts and completions cannot fit it is refused before anything starts."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from services.config import model_context
+
+    gpt2 = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=128, n_embd=16, n_layer=1,
+                               n_head=2)).save_pretrained(gpt2)
+    assert "max_position_embeddings" not in (gpt2 / "config.json").read_text()
+    assert model_context(gpt2) == 128
+    msg = error_of(REPO / "examples/own_data/config.yaml",
+                   [f"policy.model_dir={gpt2}", "task.max_prompt_tokens=500"])
+    assert "task.max_prompt_tokens + rollout.sampling.max_new_tokens = 516 exceeds the " \
+           "policy's context (128 positions)" in msg

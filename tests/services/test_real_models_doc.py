@@ -23,7 +23,7 @@ def doc_commands() -> list[list[str]]:
 
 
 def run(args: list[str], tmp_path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {**os.environ, "RAY_ADDRESS": "local"}  # as Ray reads it: a new local instance
     return subprocess.run([sys.executable, "-m", "services.cli", *args[1:],
                            f"task.cache_dir={TEST_WORLDS}", f"run_dir={tmp_path}"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
