@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, StrictInt, model_validator
 from pydantic.dataclasses import dataclass
 
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)  # .inf and .nan are never settings
@@ -31,7 +31,7 @@ class KLSettings:
     adaptive: bool = Field(False, description="Ziegler's proportional controller on beta")
     target: float = Field(6.0, gt=0,
                           description="adaptive controller's target KL (summed k1 per sequence)")
-    horizon: int = Field(10000, ge=1, description="adaptive controller's horizon in samples")
+    horizon: StrictInt = Field(10000, ge=1, description="adaptive controller's horizon in samples")
     reference: Literal["init", "ema", "soup"] = Field(
         "init", description="the KL reference: the initial policy, the Elastic Reset EMA, or "
         "the soup (weight average of the SFT models)")
@@ -52,7 +52,8 @@ class ElasticResetSettings:
     enabled: bool = Field(False, description="periodic resets on or off")
     ema_decay: float = Field(0.995, ge=0, lt=1, description="eta: ema <- eta * ema + (1-eta) * "
                              "online")
-    reset_every: int = Field(17, ge=1, description="reset at iterations k * reset_every, k >= 1")
+    reset_every: StrictInt = Field(
+        17, ge=1, description="reset at iterations k * reset_every, k >= 1")
     ema_update: Literal["iteration", "epoch", "step"] = Field(
         "iteration", description="when the EMA moves: once per PPO iteration (the paper's "
         "code), per epoch, or per optimizer step")
@@ -70,7 +71,7 @@ class ElasticResetSettings:
 class LoraSettings:
     """peft LoRA on the policy and the critic trunk; only adapters (and the value head) train."""
 
-    rank: int = Field(8, ge=1, description="LoRA rank r")
+    rank: StrictInt = Field(8, ge=1, description="LoRA rank r")
     alpha: float = Field(16.0, gt=0,
                          description="LoRA alpha (scaling = alpha / r)")
     target_modules: list[str] | None = Field(
@@ -89,8 +90,8 @@ class PPOSettings:
     lr: float = Field(1e-4, gt=0, description="policy Adam learning rate")
     value_lr: float | None = Field(None, gt=0,
                                    description="critic learning rate (None = lr)")
-    ppo_epochs: int = Field(2, ge=1, description="passes over each batch")
-    minibatch_size: int = Field(16, ge=1, description="samples per gradient step")
+    ppo_epochs: StrictInt = Field(2, ge=1, description="passes over each batch")
+    minibatch_size: StrictInt = Field(16, ge=1, description="samples per gradient step")
     gamma: float = Field(1.0, ge=0, le=1, description="discount (1: one episode per text)")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
     clip_eps: float = Field(0.2, gt=0, description="policy ratio clip")

@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     Discriminator,
     Field,
+    StrictInt,
     Tag,
     ValidationError,
     field_validator,
@@ -48,12 +49,12 @@ class Placement:
     resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources per actor, e.g. {rollout: 1}"
     )
-    max_restarts: int = Field(3, ge=-1, description="Ray max_restarts (-1 = forever)")
-    max_replacements: int = Field(
+    max_restarts: StrictInt = Field(3, ge=-1, description="Ray max_restarts (-1 = forever)")
+    max_replacements: StrictInt = Field(
         3, ge=0, description="new actors started in place of ones that failed "
         "checkpoint.max_actor_failures times in a row or hung past a deadline (0 = the run "
         "stops instead)")
-    nice: int = Field(0, ge=0, le=19, description="niceness added to the role's actor "
+    nice: StrictInt = Field(0, ge=0, le=19, description="niceness added to the role's actor "
                       "processes: where roles share a node's cores, the roles with less get "
                       "more CPU under contention (no effect on a node of its own)")
 
@@ -62,7 +63,7 @@ class Placement:
 class Resources(Placement):
     """Placement, and how many actors of the role (changeable at run time: raylign scale)."""
 
-    replicas: int = Field(1, ge=1, description="actors of this role (for reward: per member)")
+    replicas: StrictInt = Field(1, ge=1, description="actors of this role (for reward: per member)")
 
 
 def _task_kind(value: Any) -> str:
@@ -91,7 +92,7 @@ class PolicyConfig(Strict):
 
 @dataclass(frozen=True, config=STRICT)
 class RolloutConfig(Resources):
-    nice: int = Field(4, ge=0, le=19, description="niceness added to the rollout workers' "
+    nice: StrictInt = Field(4, ge=0, le=19, description="niceness added to the rollout workers' "
                       "processes: where they share a node's cores with the learner (nice 0), "
                       "the learner gets more CPU under contention")
     engine: Literal["auto", "hf", "vllm"] = Field(
@@ -103,14 +104,14 @@ class RolloutConfig(Resources):
         "auto", description="the engines' weights and compute: auto = the checkpoint's dtype "
         "where the workers have a GPU (num_gpus > 0), float32 on CPU; the learner publishes "
         "its weights in this dtype")
-    prompts_per_batch: int = Field(8, ge=1, description="prompts in one generate() call")
-    max_generating_during_step: int | None = Field(
+    prompts_per_batch: StrictInt = Field(8, ge=1, description="prompts in one generate() call")
+    max_generating_during_step: StrictInt | None = Field(
         None, ge=0, description="generate calls in flight, over all workers, while the learner "
         "steps (None = no limit): where rollout workers share the learner's cores, a small "
         "number keeps more workers from slowing the step; they add speed between steps")
-    max_inflight_per_worker: int = Field(2, ge=1, description="generate calls in flight per "
+    max_inflight_per_worker: StrictInt = Field(2, ge=1, description="generate calls in flight per "
                                          "worker (backpressure)")
-    max_staleness: int = Field(
+    max_staleness: StrictInt = Field(
         1, ge=0, description="train a sample made by weight version v at learner version u "
         "only if u - v <= this (0 = on-policy)"
     )
@@ -140,12 +141,14 @@ class RewardFunction:
 
 @dataclass(frozen=True, config=STRICT)
 class RewardConfig(Resources):
-    nice: int = Field(4, ge=0, le=19, description="niceness added to the reward members' (and "
+    nice: StrictInt = Field(
+        4, ge=0, le=19, description="niceness added to the reward members' (and "
                       "the combiner's) processes, as rollout.nice")
     aggregation: Literal["mean", "min", "uwo", "single"] = Field(
         "mean", description="mean | min (worst case) | uwo (mean - lambda*var) | single (member 0)"
     )
-    members: int | None = Field(None, ge=1, description="use the first K members (None = all)")
+    members: StrictInt | None = Field(
+        None, ge=1, description="use the first K members (None = all)")
     uwo_lambda: float = Field(0.1, ge=0,
                               description="lambda of uwo (mean - lambda * var): 0.1 for PPO, "
                               "0.5 for best-of-n (Coste et al.)")
@@ -154,7 +157,7 @@ class RewardConfig(Resources):
     gold_in_reward: bool = Field(False, description="train on gold (oracle) instead of proxies")
     score_clip: float | None = Field(None, gt=0,
                                      description="clip the aggregate to +-this")
-    batch_size: int = Field(16, ge=1, description="samples per reward-model call")
+    batch_size: StrictInt = Field(16, ge=1, description="samples per reward-model call")
     model_dirs: list[str] | None = Field(
         None, description="HF sequence-classification dirs to use as members instead of the "
         "task's proxy reward models"
@@ -168,11 +171,11 @@ class RewardConfig(Resources):
 class LearnerConfig(Placement, PPOSettings):
     """The learner actor and its PPO settings."""
 
-    world_size: int = Field(
+    world_size: StrictInt = Field(
         1, ge=1, description="learner ranks: N > 1 shards the model, gradients and optimizer "
         "state over N actors (FSDP2; each with this section's num_cpus/num_gpus) that make the "
         "update one learner would; minibatch_size must divide by it; full fine-tuning only")
-    drift_every: int = Field(
+    drift_every: StrictInt = Field(
         1, ge=0, description="steps between the per-step KL-to-init metrics (kl/init_k1, "
         "kl/init_k2; the plots' KL axis): their forward of the initial weights runs only then, "
         "unless the KL reference is the initial model and in use (0 = never; the held-out "
@@ -190,17 +193,18 @@ class LearnerConfig(Placement, PPOSettings):
         "learner has a GPU (num_gpus > 0), else float32. Master weights and the optimizer "
         "state are float32 whatever this and the checkpoint's dtype")
 
-    steps: int = Field(20, ge=1, description="PPO iterations (learner versions) to run")
+    steps: StrictInt = Field(20, ge=1, description="PPO iterations (learner versions) to run")
     epochs: float | None = Field(None, gt=0,
                                  description="run this many passes over the training prompts "
                                  "instead (sets steps: ceil(epochs * prompts * n / "
                                  "samples_per_step))")
-    samples_per_step: int = Field(32, ge=1, description="scored samples per PPO iteration")
-    eval_every: int = Field(
+    samples_per_step: StrictInt = Field(32, ge=1, description="scored samples per PPO iteration")
+    eval_every: StrictInt = Field(
         5, ge=0, description="steps between drift evaluations on held-out text (0 = off)"
     )
-    eval_texts: int = Field(64, ge=1, description="held-out corpus texts per drift evaluation")
-    eval_prompts: int = Field(
+    eval_texts: StrictInt = Field(
+        64, ge=1, description="held-out corpus texts per drift evaluation")
+    eval_prompts: StrictInt = Field(
         0, ge=0, description="held-out prompts (the task's eval prompts, stratified by first "
         "word) the policy completes at every drift evaluation, scored by the gold scorer: "
         "eval/gold, the same policy as the drift (0 = off)")
@@ -226,7 +230,7 @@ class LearnerConfig(Placement, PPOSettings):
 
 
 class BroadcastConfig(Strict):
-    keep_versions: int = Field(2, ge=1, description="weight versions kept referenced")
+    keep_versions: StrictInt = Field(2, ge=1, description="weight versions kept referenced")
 
 
 class MetricsConfig(Strict):
@@ -249,7 +253,7 @@ class MetricsConfig(Strict):
             raise ValueError(f"metrics.host {self.host} is not loopback: set metrics.public: "
                              "true to serve the exporter there")
         return self
-    port: int = Field(0, ge=0, le=65535, description="0 = pick a free port and log it")
+    port: StrictInt = Field(0, ge=0, le=65535, description="0 = pick a free port and log it")
 
 
 class CheckpointConfig(Strict):
@@ -272,9 +276,10 @@ class CheckpointConfig(Strict):
                              "file://, s3://, gs://, hdfs://, abfs://)")
         return v
 
-    every: int = Field(10, ge=0, description="learner steps between checkpoints (0 = end only)")
-    keep: int = Field(2, ge=1, description="newest checkpoints kept on disk")
-    max_actor_failures: int = Field(
+    every: StrictInt = Field(
+        10, ge=0, description="learner steps between checkpoints (0 = end only)")
+    keep: StrictInt = Field(2, ge=1, description="newest checkpoints kept on disk")
+    max_actor_failures: StrictInt = Field(
         8, ge=1, description="consecutive failures of one actor (with backoff 0.5 s doubling "
         "to 10 s, ~45 s in all) before it is replaced (<role>.max_replacements)"
     )
@@ -293,7 +298,8 @@ class DeadlinesConfig(Strict):
 
 class ClusterConfig(Strict):
     address: str | None = Field(None, description="None = embedded Ray; 'auto' = join a cluster")
-    num_cpus: int | None = Field(None, ge=1, description="embedded Ray's CPUs (None = detect)")
+    num_cpus: StrictInt | None = Field(
+        None, ge=1, description="embedded Ray's CPUs (None = detect)")
     namespace: str = Field("raylign", description="Ray namespace of the run's named actors "
                            "(raylign scale/status/stop find the run by it)")
 
@@ -302,7 +308,7 @@ class RunConfig(Strict):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
                       description="the run's name: RUN_DIR and actor names use it (letters, "
                       "digits, . _ -; no path)")
-    seed: int = Field(0, ge=0, lt=2**32,
+    seed: StrictInt = Field(0, ge=0, lt=2**32,
                       description="run seed: prompt order, sampling, learner RNG")
     run_dir: str = Field("runs", description="RUN_DIR = run_dir/name")
     task: TaskConfig = Field(default_factory=TinyWorldConfig, description="what to train on")

@@ -54,6 +54,8 @@ def _type(t: Any) -> str:
     if fields_of(t) is not None:
         return "section"
     origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin is typing.Annotated:  # e.g. StrictInt: the type it constrains
+        return _type(args[0])
     if origin is Literal:
         return " | ".join(f'"{a}"' if isinstance(a, str) else repr(a) for a in args)
     if origin in (typing.Union, types.UnionType):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 
 class Strict(BaseModel):
@@ -20,10 +20,10 @@ class TinyWorldConfig(Strict):
         "tiny", description="micro builds in seconds (tests); tiny is the demo (~minutes)"
     )
     cache_dir: str = Field(".cache/raylign", description="built worlds live here, by hash")
-    seed: int = Field(0, ge=0, lt=2**32,
+    seed: StrictInt = Field(0, ge=0, lt=2**32,
                       description="seed of the world's build (corpus, models)")
-    num_members: int = Field(4, ge=1, description="K proxy reward models to train")
-    num_sft_seeds: int = Field(2, ge=1, description="SFT models (soup ingredients)")
+    num_members: StrictInt = Field(4, ge=1, description="K proxy reward models to train")
+    num_sft_seeds: StrictInt = Field(2, ge=1, description="SFT models (soup ingredients)")
     sft_data: Literal["shared", "disjoint"] = Field(
         "shared", description="the ingredients' SFT data: shared (every ingredient sees the "
         "whole SFT split; they differ by seed) or disjoint (ingredient i of n sees every n-th "
@@ -46,7 +46,7 @@ class DatasetConfig(Strict):
                             "tokenizer's chat template)")
     label_key: str | None = Field(None, description="a column handed to reward functions as "
                                   "their labels (e.g. the reference answer)")
-    max_prompt_tokens: int = Field(256, ge=1, description="prompts longer than this (policy "
+    max_prompt_tokens: StrictInt = Field(256, ge=1, description="prompts longer than this (policy "
                                    "tokens) are dropped or cut, per truncate")
     truncate: Literal["drop", "left"] = Field(
         "drop", description="drop: a longer prompt is dropped (ledger reason too_long); left: "

@@ -35,6 +35,9 @@ MICRO = "deploy/configs/micro.yaml"
     ("metrics.host=not..a..host", "'not..a..host' is not an IP address"),
     ("metrics.host=0.0.0.0", "is not loopback: set metrics.public: true"),
     ("learner.minibatch_size=5", "minibatch_size (5) must divide samples_per_step (16)"),
+    ("learner.steps=true", "learner.steps: Input should be a valid integer, got True"),
+    ("learner.samples_per_step=1e9", "learner.samples_per_step: Input should be a valid "
+                                     "integer, got '1e9'"),
 ])
 def test_overrides_that_cannot_work_name_the_override(override, message):
     with pytest.raises(ConfigError) as e:
