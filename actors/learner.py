@@ -67,6 +67,10 @@ class LearnerActor:
         snapshots workers load (None = the checkpoint's). world_size: ranks in the learner
         group, started by rank 0 with `rank_options` (Ray actor options); `rank` and `master`
         (rank 0's address and port) are set by rank 0 for the others."""
+        # the constructor's arguments, for ranks 1..N-1 (first: nothing else is local yet)
+        shared = dict(locals())
+        for own in ("self", "rank", "master", "rank_options"):
+            del shared[own]
         use_assigned_cpus()
         self.rss_start = _peak_rss()  # before the model is built
         torch.manual_seed(seed)
@@ -75,18 +79,11 @@ class LearnerActor:
         if world_size > 1:
             if rank == 0:
                 master = (ray.util.get_node_ip_address(), _free_port())
-                args = dict(settings=settings, start_dir=start_dir, soup_dirs=soup_dirs,
-                            init=init, soup_weights=soup_weights, lora=lora,
-                            temperature=temperature, seed=seed, pad_token_id=pad_token_id,
-                            compute_dtype=compute_dtype, publish_dtype=publish_dtype,
-                            world_size=world_size, collective_timeout_s=collective_timeout_s,
-                            master=master, gradient_checkpointing=gradient_checkpointing,
-                            drift_every=drift_every)
                 here = NodeAffinitySchedulingStrategy(
                     ray.get_runtime_context().get_node_id(), soft=True)
                 self.ranks = [ray.remote(LearnerActor).options(
                     **(rank_options or {}), max_restarts=0, scheduling_strategy=here).remote(
-                        **args, rank=r) for r in range(1, world_size)]
+                        **shared, rank=r, master=master) for r in range(1, world_size)]
             group = init_process_group(rank, world_size, *master, collective_timeout_s)
         policy, soup = build_policy(Path(start_dir), [Path(d) for d in soup_dirs], init=init,
                                     soup_weights=soup_weights,

@@ -49,7 +49,7 @@ class Group:
         return torch.cat(parts)
 
     def sum(self, t: torch.Tensor) -> torch.Tensor:
-        """The sum of `t` over ranks (a new tensor)."""
+        """The sum of `t` over ranks (`t` itself in a single process)."""
         if not self.sharded:
             return t
         out = t.detach().clone()

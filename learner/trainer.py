@@ -290,14 +290,6 @@ class PPOTrainer:
         reshard(self.critic)
         return values[:, plen - 1: plen + tlen - 1].float()
 
-    def _gathered(self, forward, *args):
-        """`forward(*args)` on this rank's rows, then every rank's rows in batch order (a
-        tuple's first item: (log-probs, None))."""
-        out = forward(*args)
-        if isinstance(out, tuple):
-            return self.group.gather_rows(out[0]), out[1]
-        return self.group.gather_rows(out)
-
     @contextmanager
     def _policy_weights(self, tensors: dict[str, torch.Tensor]):
         """Temporarily load `tensors` (trainable names) into the policy; restore bit-exactly."""
@@ -366,7 +358,8 @@ class PPOTrainer:
         inputs = batch.model_inputs()
         b, plen = batch.query.shape
         tlen = batch.response.shape[1]
-        rows = self.group.rows(b)  # this rank's share of the experience forwards
+        rows = self.group.rows(b)  # this rank's share of the experience forwards,
+        gather = self.group.gather_rows  # then every rank's rows in batch order
         mask = batch.response_mask.float()
         response = batch.response
         scores = batch.scores.float()
@@ -383,8 +376,8 @@ class PPOTrainer:
             if off_policy == "none" and batch.logprobs is not None:
                 old_logp = batch.logprobs  # the engine's log-probs: no recompute forward
             else:
-                old_logp = self._gathered(self._logprobs, self.policy, inputs, rows, plen,
-                                          response[rows])[0]
+                old_logp = gather(self._logprobs(self.policy, inputs, rows, plen,
+                                                 response[rows])[0])
             if off_policy != "none":
                 if batch.logprobs is None:
                     raise ValueError(f"off_policy={off_policy} needs the behaviour log-probs "
@@ -395,14 +388,14 @@ class PPOTrainer:
             drift = bool(self.drift_every) and (self.version + 1) % self.drift_every == 0
             ref_logp = init_logp = None
             if uses_kl:
-                ref_logp = self._gathered(self._ref_logprobs, inputs, rows, plen,
-                                          response[rows], s.kl.reference)
+                ref_logp = gather(self._ref_logprobs(inputs, rows, plen, response[rows],
+                                                     s.kl.reference))
             if s.kl.reference == "init" and ref_logp is not None:
                 init_logp = ref_logp
             elif drift:
-                init_logp = self._gathered(self._ref_logprobs, inputs, rows, plen,
-                                           response[rows], "init")
-            old_values = (self._gathered(self._values, inputs, rows, plen, tlen)
+                init_logp = gather(self._ref_logprobs(inputs, rows, plen, response[rows],
+                                                      "init"))
+            old_values = (gather(self._values(inputs, rows, plen, tlen))
                           if self.critic is not None else torch.zeros_like(mask))
 
             # 2. rewards: score at the last real token, minus beta * KL per token

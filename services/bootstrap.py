@@ -11,7 +11,7 @@ import math
 import ray
 
 from actors import storage
-from services.config import RunConfig, model_context
+from services.config import RunConfig
 from services.evaluation import HeldOut
 from services.fleet import Fleet, combine_options, gold_scorer, reward_specs
 from services.metrics import Metrics
@@ -56,11 +56,11 @@ def train(cfg: RunConfig, *, resume: bool = False, allow_config_change: bool = F
         check_fresh(cfg, overwrite)
     check_outputs(cfg)
     task = load_task(cfg)
-    check_context(cfg, task)
+    context = check_context(cfg, task)
     HeldOut.check(cfg, task, gold_scorer(cfg, task))
     combine_options(cfg, task)  # gold_in_reward needs a gold scorer
     start = cfg.policy.model_dir or task.policy_dirs[0]
-    plan, text = learner_plan(cfg, start, task.max_prompt_tokens, model_context(start))
+    plan, text = learner_plan(cfg, start, task.max_prompt_tokens, context)
     print(text, flush=True)
     check_plan(cfg, plan)
     if cfg.learner.epochs is not None:  # a run set by epochs: as many steps as they take

@@ -67,10 +67,11 @@ class Fleet:
     def rollout(self, on_start: Callable[[Member], None]) -> ActorGroup:
         cfg = self.cfg
         start_dir = cfg.policy.model_dir or str(self.task.policy_dirs[0])
+        engine, dtype = cfg.engine_kind(), cfg.rollout_dtype(model_dtype(start_dir))  # once
         return ActorGroup("rollout", lambda name: remote(
             RolloutWorker, cfg.rollout, f"{cfg.name}:{name}", cfg.cluster.namespace).remote(
-                name, start_dir, cfg.engine_kind(), cfg.rollout.sampling, cfg.seed,
-                self.task.max_prompt_tokens, cfg.rollout_dtype(model_dtype(start_dir))),
+                name, start_dir, engine, cfg.rollout.sampling, cfg.seed,
+                self.task.max_prompt_tokens, dtype),
             on_start=on_start)
 
     def rewards(self, on_failure: Callable[[Member, Exception], None]) -> RewardPool:

@@ -97,12 +97,14 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_context(cfg: RunConfig, task: Task) -> None:
-    """max_new_tokens must leave the policy's context room for a prompt."""
+def check_context(cfg: RunConfig, task: Task) -> int | None:
+    """max_new_tokens must leave the policy's context room for a prompt; returns the
+    context (None if the policy's config names none)."""
     context = model_context(cfg.policy.model_dir or task.policy_dirs[0])
     if context is not None and cfg.rollout.sampling.max_new_tokens >= context:
         raise ConfigError(f"rollout.sampling.max_new_tokens ({cfg.rollout.sampling.max_new_tokens})"
                           f" leaves no room for a prompt in the policy's context ({context})")
+    return context
 
 
 def check_resources(cfg: RunConfig, members: int, cluster: dict[str, float]) -> None:
