@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.make(args.quick)
     if args.repeats:
         settings = Settings(**{**settings.__dict__, "repeats": args.repeats})
-    from services.tasks.tiny_world import prepare
+    from tasks.tiny_world import prepare
 
     cfg = load_cfg(settings)
     world = prepare(cfg.task)

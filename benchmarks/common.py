@@ -10,16 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from learner.process_env import PROCESS_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 
-# Before torch loads (as tests/conftest.py): idle OpenMP threads sleep instead of spinning.
-ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_WAIT_POLICY": "PASSIVE",
-    "RAY_USAGE_STATS_ENABLED": "0",
-}
+# Before torch loads (learner/process_env.py): idle OpenMP threads sleep instead of spinning.
+ENV = {**PROCESS_ENV, "RAY_USAGE_STATS_ENABLED": "0"}
 for _k, _v in ENV.items():
     os.environ.setdefault(_k, _v)
 

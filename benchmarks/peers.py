@@ -61,7 +61,7 @@ def run_trl(settings: Settings, steps: int, last: int) -> dict:
     from actors.records import Sample
     from actors.reward import RewardMember, combine_scores
     from services.fleet import combine_options, reward_specs
-    from services.tasks import load_task
+    from tasks import load_task
 
     torch.set_num_threads(os.cpu_count() or 1)
     cfg = _cfg(settings, steps)

@@ -56,7 +56,7 @@ def run(settings, cfg, world) -> dict:
     from actors.rollout import RolloutWorker
     from learner.weights import snapshot_from_model
     from services.fleet import combine_options, reward_specs
-    from services.tasks.tiny_world import task_of
+    from tasks.tiny_world import task_of
 
     rc, b, m = cfg.rollout, cfg.rollout.prompts_per_batch, settings.rollout_batches
     sampling = rc.sampling

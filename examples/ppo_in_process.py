@@ -20,7 +20,7 @@ from actors.scoring import pad_token_id
 from learner.trainer import PPOTrainer, RolloutBatch
 from services.config import load_config
 from services.fleet import combine_options, reward_specs
-from services.tasks import load_task
+from tasks import load_task
 
 
 def main(config: str = "deploy/configs/micro.yaml", steps: int = 10, overrides=None,

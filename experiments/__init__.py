@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import time
 from pathlib import Path
+
+from learner.process_env import set_process_env
 
 NAMES = ("overopt", "ensembles", "elastic", "soup", "together", "offpolicy")
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "results"
@@ -48,7 +49,7 @@ def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None,
         raise DirtyTree(f"experiment {name}: the working tree has uncommitted changes "
                         f"({code['commit']}); commit them, or pass --allow-dirty to run anyway "
                         "and record the diff in the result")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    set_process_env()
     import ray
 
     from experiments.common import Ctx, finite, world

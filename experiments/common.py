@@ -77,7 +77,7 @@ def load_cfg(ctx: Ctx, overrides: Sequence[str]):
 
 
 def world(ctx: Ctx):
-    from services.tasks.tiny_world import prepare
+    from tasks.tiny_world import prepare
 
     return prepare(load_cfg(ctx, []).task)
 
@@ -341,9 +341,9 @@ def bon_samples(ctx: Ctx, n_prompts: int, n_per_prompt: int, seed: int = 0) -> d
     member and by gold. {"prompts", "member": [K][P][N], "gold": [P][N]}; cached under ctx.runs."""
     import torch
 
-    from services.tasks.base import stratified
-    from services.tasks.models import sample_completions
-    from services.tasks.tiny_world import RewardScorer, gold_score, load_policy
+    from tasks.base import stratified
+    from tasks.models import sample_completions
+    from tasks.tiny_world import RewardScorer, gold_score, load_policy
 
     w = world(ctx)
     cache = ctx.runs / f"bon-{w.root.name}-strat{n_prompts}x{n_per_prompt}-s{seed}.json"

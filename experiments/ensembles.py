@@ -79,7 +79,7 @@ def sizes(ctx: Ctx) -> dict:
 
 def spam_check(ctx: Ctx) -> dict:
     """Each member's score of the spam probe and of a fluent review, and their minimum."""
-    from services.tasks.tiny_world import FLUENT, PROBE_PROMPT, SPAM, RewardScorer
+    from tasks.tiny_world import FLUENT, PROBE_PROMPT, SPAM, RewardScorer
 
     w = world(ctx)
     scores = [RewardScorer(d).score([PROBE_PROMPT] * 2, [SPAM, FLUENT]) for d in w.rm_dirs]

@@ -11,10 +11,10 @@ import math
 import ray
 
 from actors import storage
+from learner.process_env import PROCESS_ENV
 from services.config import RunConfig
 from services.evaluation import HeldOut
 from services.fleet import Fleet, combine_options, gold_scorer, reward_specs
-from services.metrics import Metrics
 from services.plan import check_plan, learner_plan
 from services.preflight import (
     check_context,
@@ -23,6 +23,7 @@ from services.preflight import (
     check_resources,
     check_resumable,
 )
+from services.prometheus_metrics import Metrics
 
 
 def init_ray(cfg: RunConfig) -> bool:
@@ -30,7 +31,7 @@ def init_ray(cfg: RunConfig) -> bool:
     we started it."""
     if ray.is_initialized():
         return False
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = PROCESS_ENV
     if cfg.cluster.address:
         ray.init(address=cfg.cluster.address, namespace=cfg.cluster.namespace,
                  runtime_env={"env_vars": env})
@@ -47,8 +48,8 @@ def train(cfg: RunConfig, *, resume: bool = False, allow_config_change: bool = F
           overwrite: bool = False) -> dict:
     """Build/load the task, start Ray (embedded unless cluster.address), run, report."""
     from services.pipeline import Driver
-    from services.report import write_report
-    from services.tasks import load_task
+    from services.run_report import write_report
+    from tasks import load_task
 
     if resume:
         check_resumable(cfg, allow_config_change)

@@ -17,7 +17,7 @@ import ray
 from ray.exceptions import RayError
 
 from actors.fleet import Member
-from services.metrics import Metrics
+from services.prometheus_metrics import Metrics
 
 
 @dataclass

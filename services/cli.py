@@ -9,9 +9,10 @@ import os
 import sys
 from pathlib import Path
 
+from learner.process_env import set_process_env
 from services.config import ConfigError, load_config
 from services.errors import NoCluster, RunFailed
-from services.tasks.dataset import DataError
+from tasks.dataset import DataError
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -20,10 +21,7 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    # Before torch loads: idle OpenMP threads sleep instead of spinning. On a shared 2-core
-    # machine spinning threads make training 5x slower (measured).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from services.tasks.tiny_world import prepare
+    from tasks.tiny_world import prepare
 
     cfg = load_config(args.config, args.overrides)
     if cfg.task.kind != "tiny_world":
@@ -56,7 +54,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see prepare)
     from services.export import ExportError, export_run
 
     try:
@@ -86,7 +83,6 @@ def _experiments():
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see prepare)
     exp = _experiments()
     if exp is None:
         print("raylign experiment needs a source checkout: the experiments/ package is not "
@@ -262,8 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    set_process_env()  # before any command loads torch
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -33,7 +33,7 @@ from pydantic.fields import FieldInfo
 
 from actors.records import Sampling
 from learner.settings import STRICT, LoraSettings, PPOSettings
-from services.tasks.configs import DatasetConfig, Strict, TinyWorldConfig
+from tasks.configs import DatasetConfig, Strict, TinyWorldConfig
 
 # ---------------------------------------------------------------------------------------------
 # Sections (the learner's own settings classes are embedded as they are: learner/settings.py)

@@ -16,7 +16,7 @@ from actors.engines import encode_prompts
 from actors.records import Sampling
 from actors.scoring import load_callable
 from services.config import ConfigError, RunConfig
-from services.tasks.base import Task, stratified
+from tasks.base import Task, stratified
 
 EVAL_SEED = 1234  # the held-out draws: the same for every eval point, seed and arm
 

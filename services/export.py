@@ -110,7 +110,7 @@ def export_run(run_dir: str | Path, step: int | None = None, merge_lora: bool = 
 
     from actors import storage
     from services.checkpoint import learner_source, step_of
-    from services.tasks import load_task
+    from tasks import load_task
 
     run_dir = Path(run_dir)
     cfg = _run_config(run_dir)

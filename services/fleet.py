@@ -20,7 +20,7 @@ from actors.scoring import pad_token_id
 from services.config import ConfigError, Placement, RunConfig, model_dtype
 from services.control import start_controller
 from services.evaluation import HeldOut
-from services.tasks.base import Task
+from tasks.base import Task
 
 
 def remote(cls, res: Placement, name: str, namespace: str):

@@ -13,7 +13,7 @@ from ray.exceptions import RayError
 from tqdm import tqdm
 
 from actors.fleet import ActorGroup, Member
-from services.metrics import Metrics
+from services.prometheus_metrics import Metrics
 
 PROBE_EVERY_S = 1.0  # how often each actor is asked for its pid
 

@@ -43,9 +43,9 @@ from services.checkpoint import (
 from services.fleet import Fleet, signals_to
 from services.flow import SCORING, PromptFlow
 from services.health import Health
-from services.metrics import Metrics
+from services.prometheus_metrics import Metrics
 from services.recovery import Recovery
-from services.reporter import Reporter
+from services.step_log import StepLog
 
 
 @dataclass
@@ -101,7 +101,7 @@ class Driver(Recovery):
         self.weights.base = self._get(self.learner.publish_base.remote())  # LoRA, else None
         self._reconcile()  # start the fleet (workers get the base, if any)
         self._publish(*self._get(self.learner.publish.remote()))  # the version it starts at
-        self.report = Reporter(self.metrics, self.run_dir, self.cfg.learner.steps,
+        self.report = StepLog(self.metrics, self.run_dir, self.cfg.learner.steps,
                                self.state.steps)
         with signals_to(self):
             while self.state.steps < self.cfg.learner.steps and not self.stop_requested:

@@ -8,7 +8,7 @@ import shutil
 
 from actors import storage
 from services.config import ConfigError, RunConfig, model_context
-from services.tasks.base import Task
+from tasks.base import Task
 
 RESUME_MAY_CHANGE = ("learner.steps", "learner.epochs", "rollout.replicas", "reward.replicas",
                      "learner.world_size", "learner.memory_gb",  # checkpoints hold full tensors

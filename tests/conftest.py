@@ -8,13 +8,10 @@ from typing import NoReturn
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from learner.process_env import PROCESS_ENV, set_process_env
+
+set_process_env()  # before torch loads
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray on 127.0.0.1 only
-# Before torch loads: idle OpenMP threads sleep instead of spinning; with several test
-# processes on 2 cores, spinning makes torch 5x slower (measured).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_WORLDS = REPO / ".cache/test-worlds"  # where the tests' worlds are built (and cached)
@@ -66,7 +63,7 @@ def micro_world():
     """The micro tiny-world (`deploy/configs/micro.yaml`), built once into
     `<repo>/.cache/test-worlds` and reused across sessions (the cache key covers the build)."""
     from services.config import load_config
-    from services.tasks.tiny_world import prepare
+    from tasks.tiny_world import prepare
 
     cfg = load_config(REPO / "deploy/configs/micro.yaml")
     cfg.task.cache_dir = str(TEST_WORLDS)
@@ -80,10 +77,8 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false"}
         ray.init(address="local", num_cpus=4, _node_ip_address="127.0.0.1",
-                 include_dashboard=False,
-                 namespace="raylign-tests", runtime_env={"env_vars": env}, log_to_driver=False)
+                 include_dashboard=False, namespace="raylign-tests",
+                 runtime_env={"env_vars": PROCESS_ENV}, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -1,7 +1,7 @@
 """The layers, read from the source: every import statement of the project's modules,
 including those inside functions, parsed with `ast` (no module list to keep up to date).
 
-    learner/  <  actors/  <  tasks (services/tasks/)  <  services/  <  experiments/,
+    learner/  <  actors/  <  tasks/  <  services/  <  experiments/,
     benchmarks/, examples/
 
 A module imports only its own layer and the ones below it, and no two modules import each
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-PACKAGES = ("learner", "actors", "services", "experiments", "benchmarks", "examples")
+PACKAGES = ("learner", "actors", "tasks", "services", "experiments", "benchmarks", "examples")
 RANK = {"learner": 0, "actors": 1, "tasks": 2, "services": 3, "experiments": 4,
         "benchmarks": 4, "examples": 4}
 
@@ -25,7 +25,7 @@ def module_name(path: Path) -> str:
 
 
 def layer(module: str) -> str:
-    return "tasks" if module.startswith("services.tasks") else module.split(".")[0]
+    return module.split(".")[0]
 
 
 def project_modules() -> dict[str, Path]:

@@ -3,7 +3,7 @@
     python deploy/grafana/make_dashboard.py     # rewrites deploy/grafana/raylign.json
 
 Edit the panels here rather than the JSON. Every expression may name only metrics that
-services/metrics.py exports; tests/deploy/test_promql_names.py checks it, and that every
+services/prometheus_metrics.py exports; tests/deploy/test_promql_names.py checks it, and that every
 raylign_* family appears on some panel.
 """
 

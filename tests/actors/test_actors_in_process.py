@@ -49,7 +49,7 @@ def test_reward_member_and_combine(micro_world):
     sa, sb = a.score(samples), b.score(samples)
     assert len(sa) == 3 and all(math.isfinite(x) for x in sa + sb)
     out = combine_scores(samples, sa, sb, aggregation="min",
-                         gold="services.tasks.gold:gold_score")
+                         gold="tasks.gold:gold_score")
     for s, x, y in zip(out, sa, sb):
         assert s.member_scores == (x, y) and s.reward == min(x, y) and s.gold is not None
     assert a.info()["scored"] == 3

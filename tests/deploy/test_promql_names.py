@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.metrics import Metrics
+from services.prometheus_metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "raylign.json"

@@ -76,7 +76,7 @@ def test_billion_laughs_is_refused_before_expansion(tmp_path):
 
 
 def test_max_new_tokens_beyond_the_context_fails_before_ray(micro_world, tmp_path):
-    from services.tasks.tiny_world import task_of
+    from tasks.tiny_world import task_of
 
     cfg = load_config(MICRO, [f"task.cache_dir={TEST_WORLDS}", "rollout.sampling.max_new_tokens="
                               "10000000", f"run_dir={tmp_path}"])

@@ -21,7 +21,7 @@ from services.checkpoint import (
     read_file,
     save_checkpoint,
 )
-from services.metrics import Metrics
+from services.prometheus_metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 

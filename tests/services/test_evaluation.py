@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from services.config import load_config
 from services.evaluation import HeldOut
-from services.tasks import load_task
+from tasks import load_task
 from tests.conftest import REPO, TEST_WORLDS
 
 
@@ -19,7 +19,7 @@ def test_held_out_prompts_are_cut_from_the_left_to_max_prompt_tokens(micro_world
     limit = 20  # a single prompt fits, twenty of them joined do not
     task = type(task)(**{**task.__dict__, "eval_prompts": [long, task.eval_prompts[0]],
                          "max_prompt_tokens": limit})
-    held = HeldOut.build(cfg, task, tok, gold="services.tasks.gold:gold_score")
+    held = HeldOut.build(cfg, task, tok, gold="tasks.gold:gold_score")
     ids = dict(zip(held.prompts, held.prompt_ids, strict=True))
     full, cut = tok(long)["input_ids"], ids[long]
     assert len(full) > limit

@@ -18,7 +18,7 @@ from services.checkpoint import DriverState, save_checkpoint
 from services.cli import main
 from services.config import load_config
 from services.export import export_run, load_trainer
-from services.tasks import load_task
+from tasks import load_task
 from tests.conftest import REPO, TEST_WORLDS, require_vllm
 
 IDS = torch.tensor([[1, 17, 42, 5, 99, 300, 7, 12], [1, 8, 9, 250, 3, 66, 41, 2]])

@@ -1,4 +1,4 @@
-"""services/metrics.py: the exporter over real HTTP on 127.0.0.1, parsed as Prometheus text."""
+"""services/prometheus_metrics.py: the exporter over real HTTP on 127.0.0.1, as Prometheus text."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.metrics import DROP_REASONS, MAX_LABEL_VALUES, STEP_STATS, Metrics
+from services.prometheus_metrics import DROP_REASONS, MAX_LABEL_VALUES, STEP_STATS, Metrics
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:

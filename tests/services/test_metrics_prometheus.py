@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.metrics import Metrics
+from services.prometheus_metrics import Metrics
 from tests.deploy._prom import binary
 
 PROM_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"

@@ -62,7 +62,7 @@ def test_a_gold_function_is_logged_not_trained_on(ray_session, micro_world, tmp_
     cfg = own(tmp_path, micro_world, "learner.steps=1", "learner.eval_every=1",
               "learner.eval_prompts=4",
               "reward.functions=[{path: examples/own_data/rewards.py, name: score}, "
-              "{path: services.tasks.gold:gold_score, gold: true}]")
+              "{path: tasks.gold:gold_score, gold: true}]")
     train(cfg)
     row = json.loads((cfg.path / "metrics.jsonl").read_text().splitlines()[0])
     assert math.isfinite(row["reward/gold"]) and "reward/member1" not in row

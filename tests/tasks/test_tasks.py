@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.tasks.base import PromptStream
+from tasks.base import PromptStream
 
 PROMPTS = tuple(f"p{i}" for i in range(10))
 
@@ -37,7 +37,7 @@ def test_no_prompts_is_an_error():
 
 
 def test_stratified_takes_every_type_in_turn_in_a_fixed_order():
-    from services.tasks.base import stratified
+    from tasks.base import stratified
 
     prompts = ["I liked it and", "I hated it and", "My kid said", "The plot was", "The end",
                "the cast", "My dog"]

@@ -1,4 +1,4 @@
-"""The tiny world (services/tasks): deterministic micro build, cache, models, gold scorer."""
+"""The tiny world (tasks/): deterministic micro build, cache, models, gold scorer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from services.config import load_config
-from services.tasks.tiny_world import (
+from tasks.tiny_world import (
     RewardScorer,
     World,
     gold_score,
@@ -65,7 +65,7 @@ def test_world_layout(two_builds):
 
 
 def test_cached_prepare_builds_nothing(two_builds, monkeypatch):
-    import services.tasks.tiny_world as tiny_world
+    import tasks.tiny_world as tiny_world
 
     w, _ = two_builds
 
@@ -93,7 +93,7 @@ def test_reloaded_models_match(two_builds):
 
 def test_in_memory_and_reloaded_logits_identical(tmp_path):
     """Build pieces in memory, save, reload: identical logits (a fresh model, tiny shapes)."""
-    from services.tasks.models import ModelSize, new_causal_lm, save_model, train_tokenizer
+    from tasks.models import ModelSize, new_causal_lm, save_model, train_tokenizer
 
     texts = ["The pasta was great.", "This movie was awful and boring."] * 20
     tok = train_tokenizer(texts, 300, tmp_path / "tok")
@@ -132,7 +132,7 @@ def test_reward_scorer(two_builds):
 
 
 def test_sft_samples_decode(two_builds):
-    from services.tasks.models import sample_completions
+    from tasks.models import sample_completions
 
     w, _ = two_builds
     model, tok = load_policy(w.sft_dirs[1])
@@ -179,8 +179,8 @@ def test_corpus_is_fluent_under_gold():
     """The grammar's own reviews keep (nearly) full fluency: the gold term rewards them."""
     from statistics import median
 
-    from services.tasks.corpus import generate_reviews
-    from services.tasks.gold import fluency
+    from tasks.corpus import generate_reviews
+    from tasks.gold import fluency
 
     reviews = generate_reviews(500, seed=1)
     flu = [fluency(op, text[len(op):]) for op, text, _ in reviews]
@@ -195,7 +195,7 @@ def test_disjoint_sft_data_is_a_different_world_and_shared_keeps_its_key(tmp_pat
 
 
 def test_ingredient_spread_by_hand():
-    from services.tasks.tiny_world import ingredient_spread
+    from tasks.tiny_world import ingredient_spread
 
     base = {"w": torch.zeros(2), "step": torch.tensor(3)}  # integer tensors are not weights
     a = {"w": torch.tensor([3.0, 0.0]), "step": torch.tensor(5)}

@@ -1,4 +1,4 @@
-"""A user's prompt files through HF `datasets` (services/tasks/dataset.py): every format, chat
+"""A user's prompt files through HF `datasets` (tasks/dataset.py): every format, chat
 messages, and errors that name the file, the row and the key."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from services.tasks.dataset import DataError, read_rows, render_prompts
+from tasks.dataset import DataError, read_rows, render_prompts
 
 ROWS = [{"prompt": "The movie", "answer": "7"}, {"prompt": "My lamp", "answer": "3"}]
 CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"

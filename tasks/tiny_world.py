@@ -38,11 +38,11 @@ import torch
 from tqdm.auto import tqdm
 
 from actors.scoring import RewardScorer, encode_inputs, reward_forward
-from services.tasks import corpus
-from services.tasks.base import PromptStream, Task
-from services.tasks.configs import TinyWorldConfig
-from services.tasks.gold import gold_score
-from services.tasks.models import (
+from tasks import corpus
+from tasks.base import PromptStream, Task
+from tasks.configs import TinyWorldConfig
+from tasks.gold import gold_score
+from tasks.models import (
     ModelSize,
     encode_docs,
     lm_batches,
@@ -56,7 +56,7 @@ from services.tasks.models import (
     train_loop,
     train_tokenizer,
 )
-from services.tasks.reward_models import (
+from tasks.reward_models import (
     make_pairs,
     pair_accuracy,
     train_reward_model,
@@ -517,5 +517,5 @@ def task_of(world: World, seed: int) -> Task:
     return Task(name=f"tiny_world/{world.root.name}", tokenizer_dir=world.tokenizer_dir,
                 policy_dirs=world.sft_dirs, reward_dirs=world.rm_dirs,
                 train=PromptStream(tuple(world.train_prompts), seed),
-                eval_prompts=world.eval_prompts, gold="services.tasks.gold:gold_score",
+                eval_prompts=world.eval_prompts, gold="tasks.gold:gold_score",
                 heldout_texts=world.heldout_texts)

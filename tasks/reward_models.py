@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from actors.scoring import POOLING, encode_inputs, reward_forward
-from services.tasks.models import save_model, train_loop
+from tasks.models import save_model, train_loop
 
 HEAD_LR_SCALE = 10.0
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from actors.fleet import cpu_seconds
 from actors.records import StepStats, TrainBatch
-from services.metrics import Metrics
+from services.prometheus_metrics import Metrics
 
 
 def batch_figures(batch: TrainBatch) -> dict[str, float]:
@@ -55,7 +55,7 @@ def keep_rows_upto(path: Path, step: int) -> None:
     tmp.replace(path)
 
 
-class Reporter:
+class StepLog:
     def __init__(self, metrics: Metrics, run_dir: Path, steps: int, start_step: int) -> None:
         self.metrics = metrics
         self.path = run_dir / "metrics.jsonl"

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 
-from services.tasks.corpus import grammar_bigrams, vader_lexicon, words_of
+from tasks.corpus import grammar_bigrams, vader_lexicon, words_of
 
 REPEAT_FLOOR = 0.6  # distinct-word ratio below which repetition is penalised
 DENSITY_CAP = 0.3  # sentiment-word share (after the first) above which it is diluted
