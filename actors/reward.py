@@ -52,7 +52,7 @@ class RewardMember:
     """One member of the ensemble scoring prompt + completion: an HF sequence classifier
     (its own tokenizer: it scores text) or a reward function."""
 
-    def __init__(self, member: int, spec: RewardSpec | str | Path, batch_size: int = 32) -> None:
+    def __init__(self, member: int, spec: RewardSpec | str | Path, batch_size: int) -> None:
         use_assigned_cpus()
         spec = spec if isinstance(spec, RewardSpec) else RewardSpec(model_dir=str(spec))
         self.member, self.spec, self.batch_size = member, spec, batch_size
@@ -90,8 +90,8 @@ def combine_scores(
     samples: list[Sample],
     *member_scores: list[float],
     aggregation: str,
-    uwo_lambda: float = 0.1,
-    ddof: int = 1,
+    uwo_lambda: float | None = None,
+    ddof: int | None = None,
     score_clip: float | None = None,
     gold: str | None = None,
     gold_in_reward: bool = False,

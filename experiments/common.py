@@ -387,8 +387,8 @@ def bon_curve(proxy: list[list[float]], gold: list[list[float]], ns: list[int]) 
             "gold_at_n1": g0, "proxy_at_n1": p0, "per_prompt_gold": per_prompt_gold}
 
 
-def aggregate_scores(member: list[list[list[float]]], how: str, uwo_lambda: float = 0.5,
-                     ddof: int = 0) -> list[list[float]]:
+def aggregate_scores(member: list[list[list[float]]], how: str, uwo_lambda: float | None = None,
+                     ddof: int | None = None) -> list[list[float]]:
     """[K][P][N] member scores -> [P][N] with learner.ensemble.aggregate."""
     import torch
 

@@ -6,7 +6,7 @@ Aggregators take a (K, B) tensor: K member scores for each of B samples, and ret
     uwo     mean_k s_k - lambda * var_k s_k         uncertainty-weighted optimisation (UWO)
     single  s_0                                     member 0 alone (the no-ensemble baseline)
 UWO's variance: the original code used the sample variance (ddof=1) for PPO and the population
-variance (ddof=0) for best-of-n; `ddof` is a parameter, default 1.
+variance (ddof=0) for best-of-n; `ddof` is a parameter (the run config's default is 1).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def aggregate_min(scores: torch.Tensor) -> torch.Tensor:
     return scores.min(dim=0).values
 
 
-def aggregate_uwo(scores: torch.Tensor, uwo_lambda: float = 0.1, ddof: int = 1) -> torch.Tensor:
+def aggregate_uwo(scores: torch.Tensor, uwo_lambda: float, ddof: int) -> torch.Tensor:
     """UWO: mean - lambda * var, var = sum_k (s_k - mean)^2 / (K - ddof). (K, B) -> (B,)."""
     k = scores.shape[0]
     if k - ddof <= 0:
@@ -51,11 +51,12 @@ AGGREGATORS: dict[str, Callable[..., torch.Tensor]] = {
 
 
 def aggregate(
-    scores: torch.Tensor, name: str, *, uwo_lambda: float = 0.1, ddof: int = 1
+    scores: torch.Tensor, name: str, *, uwo_lambda: float | None = None, ddof: int | None = None
 ) -> torch.Tensor:
     """Aggregate a (K, B) score tensor with the aggregator `name` -> (B,).
 
-    `uwo_lambda` and `ddof` are used by `uwo` only. An unknown name raises naming the valid ones.
+    `uwo_lambda` and `ddof` are used by `uwo` only, and it needs both (their defaults live in
+    the run config's `reward` section). An unknown name raises naming the valid ones.
     """
     if name not in AGGREGATORS:
         raise ValueError(f"unknown aggregation '{name}'; valid: {', '.join(AGGREGATORS)}")
@@ -63,6 +64,8 @@ def aggregate(
         raise ValueError(f"aggregate: expected a (K, B) score tensor, got shape "
                          f"{tuple(scores.shape)}")
     if name == "uwo":
+        if uwo_lambda is None or ddof is None:
+            raise ValueError("aggregate: 'uwo' needs uwo_lambda and ddof")
         return aggregate_uwo(scores, uwo_lambda=uwo_lambda, ddof=ddof)
     return AGGREGATORS[name](scores)
 

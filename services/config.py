@@ -35,6 +35,10 @@ from actors.records import Sampling
 from learner.settings import STRICT, LoraSettings, PPOSettings
 from tasks.configs import DatasetConfig, Strict, TinyWorldConfig
 
+# A field (or a whole section) marked RESUMABLE may differ from the run's saved config when the
+# run resumes (`raylign train --resume`): how long to run, how many actors, where it reports.
+RESUMABLE = {"resume": "may change"}
+
 # ---------------------------------------------------------------------------------------------
 # Sections (the learner's own settings classes are embedded as they are: learner/settings.py)
 # ---------------------------------------------------------------------------------------------
@@ -63,7 +67,8 @@ class Placement:
 class Resources(Placement):
     """Placement, and how many actors of the role (changeable at run time: raylign scale)."""
 
-    replicas: StrictInt = Field(1, ge=1, description="actors of this role (for reward: per member)")
+    replicas: StrictInt = Field(1, ge=1, json_schema_extra=RESUMABLE,
+                                description="actors of this role (for reward: per member)")
 
 
 def _task_kind(value: Any) -> str:
@@ -172,9 +177,10 @@ class LearnerConfig(Placement, PPOSettings):
     """The learner actor and its PPO settings."""
 
     world_size: StrictInt = Field(
-        1, ge=1, description="learner ranks: N > 1 shards the model, gradients and optimizer "
-        "state over N actors (FSDP2; each with this section's num_cpus/num_gpus) that make the "
-        "update one learner would; minibatch_size must divide by it; full fine-tuning only")
+        1, ge=1, json_schema_extra=RESUMABLE, description="learner ranks: N > 1 shards the "
+        "model, gradients and optimizer state over N actors (FSDP2; each with this section's "
+        "num_cpus/num_gpus) that make the update one learner would; minibatch_size must divide "
+        "by it; full fine-tuning only")
     drift_every: StrictInt = Field(
         1, ge=0, description="steps between the per-step KL-to-init metrics (kl/init_k1, "
         "kl/init_k2; the plots' KL axis): their forward of the initial weights runs only then, "
@@ -182,19 +188,21 @@ class LearnerConfig(Placement, PPOSettings):
         "drift of eval_every is separate). The reference forward runs only when kl.coef > 0 "
         "or kl.adaptive")
     gradient_checkpointing: bool = Field(
-        False, description="recompute each decoder layer's activations in the backward pass "
-        "instead of keeping them (less memory, one more forward per minibatch)")
+        False, json_schema_extra=RESUMABLE, description="recompute each decoder layer's "
+        "activations in the backward pass instead of keeping them (less memory, one more "
+        "forward per minibatch)")
     memory_gb: float | None = Field(
-        None, gt=0, description="memory each learner rank may use (its GPU's, or its share of "
-        "the host's): a run whose memory plan (printed before Ray starts) needs more is "
-        "refused (None = print the plan, check nothing)")
+        None, gt=0, json_schema_extra=RESUMABLE, description="memory each learner rank may use "
+        "(its GPU's, or its share of the host's): a run whose memory plan (printed before Ray "
+        "starts) needs more is refused (None = print the plan, check nothing)")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="the learner's compute dtype (autocast): auto = bfloat16 where the "
         "learner has a GPU (num_gpus > 0), else float32. Master weights and the optimizer "
         "state are float32 whatever this and the checkpoint's dtype")
 
-    steps: StrictInt = Field(20, ge=1, description="PPO iterations (learner versions) to run")
-    epochs: float | None = Field(None, gt=0,
+    steps: StrictInt = Field(20, ge=1, json_schema_extra=RESUMABLE,
+                             description="PPO iterations (learner versions) to run")
+    epochs: float | None = Field(None, gt=0, json_schema_extra=RESUMABLE,
                                  description="run this many passes over the training prompts "
                                  "instead (sets steps: ceil(epochs * prompts * n / "
                                  "samples_per_step))")
@@ -310,7 +318,8 @@ class RunConfig(Strict):
                       "digits, . _ -; no path)")
     seed: StrictInt = Field(0, ge=0, lt=2**32,
                       description="run seed: prompt order, sampling, learner RNG")
-    run_dir: str = Field("runs", description="RUN_DIR = run_dir/name")
+    run_dir: str = Field("runs", json_schema_extra=RESUMABLE,
+                         description="RUN_DIR = run_dir/name")
     task: TaskConfig = Field(default_factory=TinyWorldConfig, description="what to train on")
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="the policy's start")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig,
@@ -321,14 +330,15 @@ class RunConfig(Strict):
                                    description="the learner actor and its PPO settings")
     broadcast: BroadcastConfig = Field(default_factory=BroadcastConfig,
                                        description="weight broadcasts")
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig,
-                                   description="the Prometheus exporter")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, json_schema_extra=RESUMABLE,
+                                  description="the Prometheus exporter")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig,
+                                         json_schema_extra=RESUMABLE,
                                          description="checkpoints and fault limits")
-    deadlines: DeadlinesConfig = Field(default_factory=DeadlinesConfig,
-                                       description="deadlines of remote calls")
-    cluster: ClusterConfig = Field(default_factory=ClusterConfig,
-                                   description="embedded Ray or a cluster")
+    deadlines: DeadlinesConfig = Field(default_factory=DeadlinesConfig, json_schema_extra=RESUMABLE,
+                                      description="deadlines of remote calls")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, json_schema_extra=RESUMABLE,
+                                  description="embedded Ray or a cluster")
 
     @model_validator(mode="after")
     def _cross_field(self) -> RunConfig:
@@ -457,6 +467,19 @@ def _line_map(node: yaml.Node, prefix: tuple = (), out: dict | None = None) -> d
             out[(*prefix, i)] = item.start_mark.line + 1
             _line_map(item, (*prefix, i), out)
     return out
+
+
+def resumable_fields(model: Any = None, prefix: str = "") -> tuple[str, ...]:
+    """The dotted paths of the fields (and sections, ending in '.') marked RESUMABLE."""
+    out: list[str] = []
+    for name, field in (fields_of(model or RunConfig) or {}).items():
+        path = f"{prefix}{name}"
+        sub = field.annotation if fields_of(field.annotation) else None
+        if field.json_schema_extra == RESUMABLE:
+            out.append(f"{path}." if sub else path)
+        elif sub:
+            out.extend(resumable_fields(sub, f"{path}."))
+    return tuple(out)
 
 
 def fields_of(model: Any) -> dict[str, FieldInfo] | None:

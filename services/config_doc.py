@@ -16,7 +16,7 @@ import yaml
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from services.config import TASK_KINDS, RunConfig, fields_of
+from services.config import RESUMABLE, TASK_KINDS, RunConfig, fields_of
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 
@@ -92,7 +92,10 @@ def _rows(prefix: str, fields: dict[str, FieldInfo]) -> list[str]:
         kind = f"`{_type(field.annotation)}`"
         if bounds := _bounds(field):
             kind += f" {bounds}"
-        cells = (f"`{path}`", kind, _default(field), field.description or "")
+        about = field.description or ""
+        if field.json_schema_extra == RESUMABLE:
+            about += " (may change on --resume)"
+        cells = (f"`{path}`", kind, _default(field), about)
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         section = _section(field.annotation)
         if section is not None:
@@ -114,6 +117,8 @@ def render() -> str:
     for name, field in top.items():
         about = (field.description or "").rstrip(".")
         about = about[:1].upper() + about[1:] + "."
+        if field.json_schema_extra == RESUMABLE:
+            about += " Every field of it may change on `--resume`."
         if name == "task":  # one kind of task or another, chosen by task.kind
             for kind, section in TASK_KINDS.items():
                 parts.append(_table(f"task (kind: {kind})", about,

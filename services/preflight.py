@@ -7,18 +7,13 @@ import json
 import shutil
 
 from actors import storage
-from services.config import ConfigError, RunConfig, model_context
+from services.config import ConfigError, RunConfig, model_context, resumable_fields
 from tasks.base import Task
-
-RESUME_MAY_CHANGE = ("learner.steps", "learner.epochs", "rollout.replicas", "reward.replicas",
-                     "learner.world_size", "learner.memory_gb",  # checkpoints hold full tensors
-                     "learner.gradient_checkpointing",
-                     "cluster.", "metrics.", "checkpoint.", "deadlines.", "run_dir")
 
 
 def check_resumable(cfg: RunConfig, allow_config_change: bool = False) -> None:
     """--resume needs a valid checkpoint and the config the run was started with (the one
-    saved with the checkpoint; but for the fields in RESUME_MAY_CHANGE), unless
+    saved with the checkpoint; but for the fields the schema marks RESUMABLE), unless
     allow_config_change."""
     from services.checkpoint import latest_valid, read_file
 
@@ -28,7 +23,7 @@ def check_resumable(cfg: RunConfig, allow_config_change: bool = False) -> None:
     blob = read_file(ckpt, "config.json") or (cfg.path / "config.json").read_bytes()
     saved, now = _flat(json.loads(blob)), _flat(cfg.model_dump(mode="json"))
     changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k)
-                     and not k.startswith(RESUME_MAY_CHANGE))
+                     and not k.startswith(resumable_fields()))
     if changed and not allow_config_change:
         raise ConfigError(f"--resume: the config differs from the run's (saved with {ckpt}) in "
                           f"{', '.join(changed)} (--allow-config-change resumes anyway)")

@@ -45,7 +45,7 @@ def test_reward_member_and_combine(micro_world):
     model = AutoModelForCausalLM.from_pretrained(micro_world.sft_dirs[0], use_safetensors=True)
     worker.set_weights(0, snapshot_from_model(model, 0))
     samples = worker.generate(PROMPTS)
-    a, b = (RewardMember(k, micro_world.rm_dirs[k]) for k in (0, 1))
+    a, b = (RewardMember(k, micro_world.rm_dirs[k], 16) for k in (0, 1))
     sa, sb = a.score(samples), b.score(samples)
     assert len(sa) == 3 and all(math.isfinite(x) for x in sa + sb)
     out = combine_scores(samples, sa, sb, aggregation="min",
@@ -101,7 +101,7 @@ def test_reward_pool_quarantines_a_nan_member(ray_session, micro_world):
 
     def make(k: int, _name: str):
         cls = RewardMember if k == 0 else FlakyMember
-        args = (0, str(micro_world.rm_dirs[0])) if k == 0 else ()
+        args = (0, str(micro_world.rm_dirs[0]), 16) if k == 0 else ()
         return ray.remote(cls).options(num_cpus=0).remote(*args)
 
     failures = []

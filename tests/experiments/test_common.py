@@ -214,8 +214,8 @@ def test_aggregate_scores_per_prompt_and_sample():
     assert aggregate_scores(member, "mean") == [[2.0, 4.0]]
     assert aggregate_scores(member, "min") == [[1.0, 3.0]]
     assert aggregate_scores(member, "single") == [[1.0, 3.0]]
-    # uwo: mean - 0.5 * var (ddof 0: var of (1, 3) and of (3, 5) is 1)
-    assert aggregate_scores(member, "uwo", uwo_lambda=0.5) == [[1.5, 3.5]]  # exact in binary
+    # uwo: mean - 0.5 * var (ddof 0: var of (1, 3) and of (3, 5) is 1; exact in binary)
+    assert aggregate_scores(member, "uwo", uwo_lambda=0.5, ddof=0) == [[1.5, 3.5]]
     # ddof 1: var 2
     assert aggregate_scores(member, "uwo", uwo_lambda=0.5, ddof=1) == [[1.0, 3.0]]
 

@@ -17,7 +17,8 @@ def test_aggregators():
     assert_close(aggregate(SCORES, "min"), torch.tensor([1.0, 0.0]))
     assert_close(aggregate(SCORES, "single"), torch.tensor([1.0, 0.0]))
     # sample variance (ddof=1): col0 {1,2,3} -> 1; col1 {0,4,2} -> 4
-    assert_close(aggregate(SCORES, "uwo", uwo_lambda=0.5), torch.tensor([2.0 - 0.5, 2.0 - 2.0]))
+    assert_close(aggregate(SCORES, "uwo", uwo_lambda=0.5, ddof=1),
+                 torch.tensor([2.0 - 0.5, 2.0 - 2.0]))
     # population variance (ddof=0): 2/3 and 8/3
     assert_close(aggregate(SCORES, "uwo", uwo_lambda=0.5, ddof=0),
                  torch.tensor([2.0 - 1.0 / 3, 2.0 - 4.0 / 3]))
@@ -27,7 +28,9 @@ def test_aggregator_errors():
     with pytest.raises(ValueError, match="'max'; valid: mean, min, uwo, single"):
         aggregate(SCORES, "max")
     with pytest.raises(ValueError, match="degrees of freedom"):
-        aggregate(SCORES[:1], "uwo")
+        aggregate(SCORES[:1], "uwo", uwo_lambda=0.1, ddof=1)
+    with pytest.raises(ValueError, match="needs uwo_lambda and ddof"):
+        aggregate(SCORES, "uwo", uwo_lambda=0.1)
     with pytest.raises(ValueError, match=r"\(K, B\)"):
         aggregate(SCORES[0], "mean")
 

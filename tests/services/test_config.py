@@ -226,3 +226,14 @@ def test_gpt2_context_is_read_and_checked(tmp_path):
                    [f"policy.model_dir={gpt2}", "task.max_prompt_tokens=500"])
     assert "task.max_prompt_tokens + rollout.sampling.max_new_tokens = 516 exceeds the " \
            "policy's context (128 positions)" in msg
+
+
+def test_the_schema_marks_what_a_resume_may_change():
+    """How long to run, how many actors, where it reports: no field that changes what a step
+    computes (preflight.check_resumable refuses any other difference)."""
+    from services.config import resumable_fields
+
+    assert set(resumable_fields()) == {
+        "run_dir", "rollout.replicas", "reward.replicas", "learner.world_size",
+        "learner.gradient_checkpointing", "learner.memory_gb", "learner.steps", "learner.epochs",
+        "metrics.", "checkpoint.", "deadlines.", "cluster."}

@@ -92,12 +92,12 @@ def test_bad_functions_fail_before_anything_starts(micro_world, tmp_path):
 
 def test_a_function_member_scores_with_labels_and_checks_its_length(tmp_path):
     member = RewardMember(0, RewardSpec(function="examples/own_data/rewards.py:score",
-                                        weight=2.0))
+                                        weight=2.0), batch_size=16)
     samples = [Sample(i, [1], [2], [-1.0], 0, "w", "Review the lamp. The lamp", text)
                for i, text in enumerate(["a great lamp", "meh"])]
     assert member.score(samples, {0: "lamp", 1: "lamp"}) == [2 * 1.25, 0.0]
     (tmp_path / "bad.py").write_text("def score(p, c, l):\n    return [1.0]\n")
-    bad = RewardMember(1, RewardSpec(function=f"{tmp_path / 'bad.py'}:score"))
+    bad = RewardMember(1, RewardSpec(function=f"{tmp_path / 'bad.py'}:score"), batch_size=16)
     with pytest.raises(RewardFunctionError, match="returned 1 scores for 2 completions"):
         bad.score(samples)
 
