@@ -26,15 +26,9 @@ from actors.fleet import cpu_seconds, process_info, use_assigned_cpus
 from actors.records import Sample, Sampling, ScoredSample, StepStats
 from learner.distributed import init_process_group
 from learner.settings import LoraSettings, PPOSettings
-from learner.soup import average_state_dicts
+from learner.soup import soup_state_for
 from learner.trainer import PPOTrainer, RolloutBatch
 from learner.weights import snapshot_from_model
-
-
-def _load_state(model_dir: Path) -> dict[str, torch.Tensor]:
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).state_dict()
 
 
 def build_policy(start_dir: Path, soup_dirs: list[Path], *, init: str, soup_weights=None,
@@ -46,7 +40,7 @@ def build_policy(start_dir: Path, soup_dirs: list[Path], *, init: str, soup_weig
     policy = AutoModelForCausalLM.from_pretrained(start_dir, use_safetensors=True)
     soup = None
     if init == "soup" or with_soup:
-        soup = average_state_dicts([_load_state(d) for d in soup_dirs], soup_weights)
+        soup = soup_state_for(policy, soup_dirs, soup_weights)
     if init == "soup":
         policy.load_state_dict(soup)
     return policy, soup

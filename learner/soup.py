@@ -120,29 +120,25 @@ def average_model_dirs(
     return configs[0], avg
 
 
-def save_soup(
-    dirs: list[str | Path], out_dir: str | Path, weights: list[float] | None = None
-) -> Path:
-    """Average HF model dirs into `out_dir` (config.json of dirs[0] + model.safetensors).
-
-    Other files of dirs[0] (tokenizer, generation config) are copied alongside.
-    """
-    import shutil
-
-    from safetensors.torch import save_file
-
-    config, state = average_model_dirs(dirs, weights)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    src = Path(dirs[0])
-    for f in src.iterdir():
-        if f.is_file() and not f.name.startswith("model.safetensors"):
-            shutil.copy2(f, out / f.name)
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    # safetensors refuses shared storage: clone (tied weights stay equal, stored twice)
-    save_file({k: v.contiguous().clone() for k, v in state.items()}, str(out / "model.safetensors"),
-              metadata={"format": "pt"})
-    return out
+def soup_state_for(
+    model: torch.nn.Module, dirs: list[str | Path], weights: list[float] | None = None
+) -> dict[str, torch.Tensor]:
+    """The soup of `dirs` (`average_model_dirs`: architectures, keys and shapes checked) as a
+    full state dict of `model`: a tensor the files leave out because the model ties it to
+    another (an LM head tied to the embeddings) is the soup of the tensor it is tied to.
+    A tensor neither in the files nor tied, or one the model does not have, is an error."""
+    _, soup = average_model_dirs(dirs, weights)
+    own = model.state_dict()
+    unknown = sorted(set(soup) - set(own))
+    if unknown:
+        raise ValueError(f"soup: {dirs[0]} has tensors the model does not: {unknown[:5]}")
+    by_storage = {own[k].data_ptr(): k for k in soup}
+    for key in sorted(set(own) - set(soup)):
+        tied = by_storage.get(own[key].data_ptr())
+        if tied is None:
+            raise ValueError(f"soup: {dirs[0]} lacks '{key}' (and the model ties it to nothing)")
+        soup[key] = soup[tied]
+    return soup
 
 
 # ---------------------------------------------------------------------------------------------

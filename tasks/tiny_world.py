@@ -374,16 +374,17 @@ def _build(task: TinyWorldConfig, out: Path, key: str, verbose: bool) -> None:
     phase("sft")
 
     # 5. soup check: loss along the path sft-0 -> sft-1 and the uniform soup ------------------
-    from learner.soup import average_state_dicts
+    from learner.soup import average_state_dicts, interpolation_losses
 
     sds = [m.state_dict() for m in sft_models]
     sft_nll = [mean_nll(m, heldout_docs, pad) for m in sft_models]
     probe, _ = load_policy(out / "base")
     path = {}
     if len(sds) >= 2:
-        for alpha in (0.0, 0.25, 0.5, 0.75, 1.0):
-            probe.load_state_dict(average_state_dicts(sds[:2], [1 - alpha, alpha]))
-            path[str(alpha)] = round(mean_nll(probe, heldout_docs, pad), 4)
+        alphas = (0.0, 0.25, 0.5, 0.75, 1.0)
+        losses = interpolation_losses(sds[0], sds[1], probe,
+                                      lambda m: mean_nll(m, heldout_docs, pad), alphas)
+        path = {str(a): round(loss, 4) for a, loss in zip(alphas, losses, strict=True)}
     probe.load_state_dict(average_state_dicts(sds))
     soup_nll = mean_nll(probe, heldout_docs, pad)
     del probe
