@@ -74,6 +74,48 @@ def encode_prompts(tokenizer, prompts: list[Prompt], max_positions: int, samplin
     return cut, [len(x) > limit for x in full]
 
 
+def stop_ids(model, tokenizer_eos: int | None = None) -> list[int]:
+    """The tokens that end a completion: the model's generation-config EOS id(s) and the
+    tokenizer's (as vLLM stops at either)."""
+    eos = model.generation_config.eos_token_id
+    ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
+    return sorted(set(ids) | ({tokenizer_eos} - {None}))
+
+
+@torch.no_grad()
+def hf_sample(model, prompt_ids: list[list[int]], sampling: Sampling, *, pad_id: int,
+              stop: list[int]) -> list[tuple[list[int], list[float], bool]]:
+    """transformers `generate` on left-padded prompts with the rollout's sampling: per prompt,
+    (response tokens up to and including the first stop token, their log-probs under the
+    processed distribution they were drawn from, whether a stop token ended it). Seed the
+    torch RNG before calling."""
+    width = max(len(x) for x in prompt_ids)
+    input_ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in prompt_ids])
+    attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in prompt_ids])
+    gen = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention,
+        do_sample=True,
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_k=sampling.top_k or None,
+        top_p=sampling.top_p,
+        output_scores=True,  # processed: temperature, top-k, top-p applied
+        return_dict_in_generate=True,
+        pad_token_id=pad_id,
+        eos_token_id=stop,
+    )
+    responses = gen.sequences[:, width:]
+    logprobs = torch.log_softmax(torch.stack(gen.scores, dim=1).float(), -1)  # (B, T, V)
+    token_lp = logprobs.gather(-1, responses.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    out = []
+    for i, response in enumerate(responses.tolist()):
+        n = next((t + 1 for t, tok in enumerate(response) if tok in stop), None)
+        out.append((response[: n or len(response)], token_lp[i, : n or len(response)].tolist(),
+                    n is not None))
+    return out
+
+
 class HFEngine:
     """transformers `generate`, batched with left padding."""
 
@@ -110,49 +152,17 @@ class HFEngine:
         prompts = [p for p in prompts for _ in range(sampling.n)]  # each prompt's group
         ids, cut = encode_prompts(tok, prompts, self.model.config.max_position_embeddings,
                                   sampling, self.max_prompt_tokens)
-        width = max(len(x) for x in ids)
-        pad = pad_token_id(tok)
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
-        attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
         # Seeded by the batch's first prompt id: the same batch samples the same completions.
         torch.manual_seed(self.seed + prompts[0][0])
-        gen = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention,
-            do_sample=True,
-            max_new_tokens=sampling.max_new_tokens,
-            temperature=sampling.temperature,
-            top_k=sampling.top_k or None,
-            top_p=sampling.top_p,
-            output_scores=True,  # processed: temperature, top-k, top-p applied
-            return_dict_in_generate=True,
-            pad_token_id=pad,
-            eos_token_id=tok.eos_token_id,
-        )
-        responses = gen.sequences[:, width:]
-        logprobs = torch.log_softmax(torch.stack(gen.scores, dim=1).float(), -1)  # (B, T, V)
-        token_lp = logprobs.gather(-1, responses.unsqueeze(-1)).squeeze(-1)  # (B, T)
-        out: list[Sample] = []
-        for i, ((prompt_id, text), prompt_ids) in enumerate(zip(prompts, ids)):
-            response = responses[i].tolist()
-            finished = tok.eos_token_id in response
-            n = response.index(tok.eos_token_id) + 1 if finished else len(response)
-            out.append(
-                Sample(
-                    prompt_id=prompt_id,
-                    prompt_tokens=list(prompt_ids),
-                    response_tokens=response[:n],
-                    logprobs=token_lp[i, :n].tolist(),
-                    policy_version=version,
-                    worker_id=worker_id,
-                    prompt_text=text,
-                    response_text=tok.decode(response[:n], skip_special_tokens=True),
-                    finished=finished,
-                    prompt_truncated=cut[i],
-                    index=i % sampling.n,
-                )
-            )
-        return out
+        drawn = hf_sample(self.model, ids, sampling, pad_id=pad_token_id(tok),
+                          stop=stop_ids(self.model, tok.eos_token_id))
+        return [Sample(prompt_id=prompt_id, prompt_tokens=list(prompt_ids),
+                       response_tokens=response, logprobs=logprobs, policy_version=version,
+                       worker_id=worker_id, prompt_text=text,
+                       response_text=tok.decode(response, skip_special_tokens=True),
+                       finished=finished, prompt_truncated=cut[i], index=i % sampling.n)
+                for i, ((prompt_id, text), prompt_ids, (response, logprobs, finished))
+                in enumerate(zip(prompts, ids, drawn, strict=True))]
 
 
 class WeightReloadExtension:

@@ -22,6 +22,7 @@ import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors import storage
+from actors.engines import hf_sample, stop_ids
 from actors.fleet import cpu_seconds, process_info, use_assigned_cpus
 from actors.records import Sample, Sampling, ScoredSample, StepStats
 from learner.distributed import init_process_group
@@ -185,30 +186,19 @@ class LearnerActor:
 
     @torch.no_grad()
     def sample(self, prompts: list[list[int]], sampling: Sampling, seed: int) -> list[list[int]]:
-        """One completion (token ids, EOS cut off) per prompt from the current policy, with the
-        rollout's sampling and the same random stream at every call (the run's RNG is left as
-        it was): held-out evaluation, where every eval point sees the same draws. In a group
-        every rank draws the same tokens (the same seed and logits), so they stop together."""
+        """One completion per prompt (token ids, ending with the stop token where one was drawn)
+        from the current policy, sampled as the HF rollout engine samples (`hf_sample`), with
+        the same random stream at every call (the run's RNG is left as it was): held-out
+        evaluation, where every eval point sees the same draws. In a group every rank draws the
+        same tokens (the same seed and logits), so they stop together."""
         others = self._on_every_rank("sample", prompts, sampling, seed)
-        policy, pad = self.trainer.policy, self.pad_token_id
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        policy = self.trainer.policy
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            out = policy.generate(input_ids=ids, attention_mask=mask, do_sample=True,
-                                  max_new_tokens=sampling.max_new_tokens,
-                                  temperature=sampling.temperature,
-                                  top_k=sampling.top_k or None, top_p=sampling.top_p,
-                                  pad_token_id=pad)
-        eos = policy.generation_config.eos_token_id
-        eos = set(eos if isinstance(eos, list) else [eos])
-        responses = []
-        for row in out[:, width:].tolist():
-            end = next((i for i, t in enumerate(row) if t in eos), len(row))
-            responses.append(row[:end])
+            drawn = hf_sample(policy, prompts, sampling, pad_id=self.pad_token_id,
+                              stop=stop_ids(policy))
         ray.get(others)
-        return responses
+        return [response for response, _, _ in drawn]
 
     def save(self, dest: str) -> dict[str, str] | None:
         """Write the state at `dest`: a local path (None returned), or a URI (written to a

@@ -140,3 +140,22 @@ def test_reward_pool_requeues_a_batch_when_a_member_dies(ray_session, micro_worl
     assert pool.collect(ref) is None
     assert failures == ["reward1-0"] and pool.in_flight() == ["b"]  # queued again
     pool.shutdown()
+
+
+def test_the_learners_held_out_sample_is_the_hf_engines_sample(ray_session, micro_world):
+    """One generation path: with the same weights and seed, `LearnerActor.sample` draws the
+    tokens the HF rollout engine draws (the stop token kept), and leaves the learner's RNG as
+    it was."""
+    from actors.engines import HFEngine
+
+    dirs = [str(d) for d in micro_world.sft_dirs]
+    learner = LearnerActor(PPOSettings(minibatch_size=4), dirs[0], dirs, pad_token_id=0)
+    engine = HFEngine(dirs[0], seed=5)  # seeds each batch with seed + its first prompt id
+    sampling = Sampling(max_new_tokens=12)
+    samples = engine.generate([(0, "The movie"), (1, "I bought a lamp and")], sampling,
+                              version=0, worker_id="w")
+    before = torch.random.get_rng_state()
+    drawn = learner.sample([s.prompt_tokens for s in samples], sampling, seed=5)
+    assert drawn == [s.response_tokens for s in samples]
+    assert any(s.finished for s in samples)  # a stop token was drawn and kept
+    assert torch.equal(torch.random.get_rng_state(), before)
