@@ -259,19 +259,20 @@ def learner_source(ckpt: Location) -> tuple[str, dict[str, str]]:
 
 @dataclass
 class DriverState:
-    """What a checkpoint holds of the driver (the learner saves its own state)."""
+    """What a checkpoint holds of the driver besides its prompts (the ledger and the cursor,
+    which the driver's PromptFlow owns); the learner saves its own state."""
 
     steps: int = 0  # learner versions published
-    cursor: int = 0  # next prompt id
-    ledger: Ledger = field(default_factory=Ledger)
     restarts: dict[str, int] = field(default_factory=dict)  # by Ray, per role
     replacements: dict[str, int] = field(default_factory=dict)  # new actors, per role
 
-    def to_json(self) -> dict:
-        return {"steps": self.steps, "cursor": self.cursor, "ledger": self.ledger.to_json(),
+    def to_json(self, ledger: Ledger, cursor: int) -> dict:
+        """This state with the prompts' (`cursor`: the next new prompt id)."""
+        return {"steps": self.steps, "cursor": cursor, "ledger": ledger.to_json(),
                 "restarts": self.restarts, "replacements": self.replacements}
 
     @classmethod
-    def from_json(cls, d: dict) -> DriverState:
-        return cls(d["steps"], d["cursor"], Ledger.from_json(d["ledger"]), d["restarts"],
-                   d.get("replacements", {}))
+    def from_json(cls, d: dict) -> tuple[DriverState, Ledger, int]:
+        """(the state, the ledger, the cursor) of `to_json`'s dict."""
+        return (cls(d["steps"], d["restarts"], d.get("replacements", {})),
+                Ledger.from_json(d["ledger"]), d["cursor"])

@@ -81,7 +81,9 @@ class PromptFlow:
         self.check()
 
     def rewind(self, ledger: Ledger, cursor: int) -> None:
-        """Back to a checkpoint's ledger and cursor: its pending ids are queued again."""
+        """Back to a checkpoint's ledger (checked) and cursor: its pending ids are queued
+        again."""
+        ledger.check(allow_pending=True)
         self.ledger, self.cursor = ledger, cursor
         self.stage = {pid: QUEUED for pid in ledger.pending()}
         self.check()

@@ -70,7 +70,7 @@ class Driver(Recovery):
         self.rewards = fleet.rewards(on_failure=lambda m, e: self.health.failed(m, "reward", e))
         self.heldout = fleet.heldout
         self.state = DriverState()
-        self.flow = PromptFlow(self.state.ledger, self.state.cursor)  # every prompt's stage
+        self.flow = PromptFlow()  # every prompt's stage, the ledger and the cursor
         self.gens: dict[ray.ObjectRef, Gen] = {}
         self.buffer: list[ScoredSample] = []  # scored, waiting for a learner step
         self.nonfinite_run = 0  # samples in a row whose rewards were all non-finite
@@ -330,7 +330,7 @@ class Driver(Recovery):
             "rollout_workers": sorted(self.rollout.members),
             "queues": {"rollout": len(self.gens), "reward": len(self.rewards.in_flight()),
                        "train": len(self.buffer)},
-            "ledger": self.state.ledger.counts(),
+            "ledger": self.flow.ledger.counts(),
         })
 
     # -- the end ---------------------------------------------------------------------------
@@ -352,11 +352,11 @@ class Driver(Recovery):
             self.rewards.clear()
             self.buffer.clear()
             ckpt = self._final_checkpoint()
-            counts = self.state.ledger.check(allow_pending=True)
+            counts = self.flow.ledger.check(allow_pending=True)
         else:
-            for pid in self.state.ledger.pending():
+            for pid in self.flow.ledger.pending():
                 self._drop(pid, "run_end")
-            counts = self.state.ledger.check()
+            counts = self.flow.ledger.check()
             ckpt = self._checkpoint()
         summary = {"steps": self.state.steps, "interrupted": interrupted,
                    "checkpoint": str(ckpt), "ledger": counts, "restarts": self.state.restarts,

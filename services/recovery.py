@@ -155,9 +155,8 @@ class Recovery:
             extra)
 
     def _driver_state(self) -> dict:
-        """The driver's checkpointed state: steps, the flow's cursor and ledger, counts."""
-        self.state.cursor = self.flow.cursor
-        return self.state.to_json()
+        """The driver's checkpointed state: steps, the flow's ledger and cursor, counts."""
+        return self.state.to_json(self.flow.ledger, self.flow.cursor)
 
     def _restore(self) -> None:
         ckpt = latest_valid(self.storage)
@@ -174,15 +173,14 @@ class Recovery:
         """The learner and the driver's state as of `ckpt`; its pending prompts are issued
         again. Restart and replacement counts carry on from the run's."""
         self._get(self.learner.load.remote(*learner_source(ckpt)))
-        saved = DriverState.from_json(read_driver_state(ckpt))
+        saved, ledger, cursor = DriverState.from_json(read_driver_state(ckpt))
         for mine, theirs in ((self.state.restarts, saved.restarts),
                              (self.state.replacements, saved.replacements)):
             for role, n in theirs.items():
                 mine[role] = max(mine.get(role, 0), n)
         saved.restarts, saved.replacements = self.state.restarts, self.state.replacements
         self.state = saved
-        self.state.ledger.check(allow_pending=True)
-        self.flow.rewind(saved.ledger, saved.cursor)  # its pending ids are queued again
+        self.flow.rewind(ledger, cursor)  # checked; its pending ids are queued again
 
     def _drain_learner(self) -> bool:
         """Finish the learner step in flight (within its deadline), so a checkpoint sees a

@@ -18,6 +18,7 @@ from services.checkpoint import DriverState, save_checkpoint
 from services.cli import main
 from services.config import load_config
 from services.export import export_run, load_trainer
+from services.ledger import Ledger
 from tasks import load_task
 from tests.conftest import REPO, TEST_WORLDS, require_vllm
 
@@ -51,7 +52,7 @@ def trained_run(tmp_path, *overrides):
     scored = [ScoredSample(s, (float(i),), float(i)) for i, s in enumerate(samples)]
     stats = trainer.step(RolloutBatch.from_samples(scored, trainer.pad_token_id))
     assert stats["step/skipped"] == 0.0 and trainer.version == 1
-    save_checkpoint(cfg.path, 1, DriverState(steps=1).to_json(), trainer.save, keep=2)
+    save_checkpoint(cfg.path, 1, DriverState(steps=1).to_json(Ledger(), 0), trainer.save, keep=2)
     return cfg, task, trainer
 
 
