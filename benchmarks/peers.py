@@ -66,7 +66,7 @@ def run_trl(settings: Settings, steps: int, last: int) -> dict:
     torch.set_num_threads(os.cpu_count() or 1)
     cfg = _cfg(settings, steps)
     task = load_task(cfg)
-    start = cfg.policy.model_dir or task.policy_dirs[0]
+    start = cfg.start_dir(task)
     members = [RewardMember(k, spec, cfg.reward.batch_size)
                for k, spec in enumerate(reward_specs(cfg, task))]
     combine = combine_options(cfg, task)

@@ -27,7 +27,7 @@ def main(config: str = "deploy/configs/micro.yaml", steps: int = 10, overrides=N
          verbose: bool = True) -> tuple[list[dict], PPOTrainer]:
     cfg = load_config(config, overrides)
     task = load_task(cfg)
-    start = cfg.policy.model_dir or task.policy_dirs[0]
+    start = cfg.start_dir(task)
     engine = HFEngine(start, seed=cfg.seed)
     members = [RewardMember(k, spec, cfg.reward.batch_size)
                for k, spec in enumerate(reward_specs(cfg, task))]

@@ -60,7 +60,7 @@ def train(cfg: RunConfig, *, resume: bool = False, allow_config_change: bool = F
     context = check_context(cfg, task)
     HeldOut.check(cfg, task, gold_scorer(cfg, task))
     combine_options(cfg, task)  # gold_in_reward needs a gold scorer
-    start = cfg.policy.model_dir or task.policy_dirs[0]
+    start = cfg.start_dir(task)
     plan, text = learner_plan(cfg, start, task.max_prompt_tokens, context)
     print(text, flush=True)
     check_plan(cfg, plan)

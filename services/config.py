@@ -340,6 +340,10 @@ class RunConfig(Strict):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, json_schema_extra=RESUMABLE,
                                   description="embedded Ray or a cluster")
 
+    def start_dir(self, task) -> str:
+        """The policy's starting model dir: policy.model_dir, else the task's first policy."""
+        return str(self.policy.model_dir or task.policy_dirs[0])
+
     @model_validator(mode="after")
     def _cross_field(self) -> RunConfig:
         rc, dataset = self.reward, self.task.kind == "dataset"

@@ -129,7 +129,7 @@ def export_run(run_dir: str | Path, step: int | None = None, merge_lora: bool = 
     _say(f"learner state loaded: version {trainer.version} "
          f"({'LoRA rank ' + str(cfg.policy.lora.rank) if lora else 'full fine-tuning'})")
 
-    start_dir = Path(cfg.policy.model_dir or task.policy_dirs[0]).resolve()
+    start_dir = Path(cfg.start_dir(task)).resolve()
     tokenizer = AutoTokenizer.from_pretrained(cfg.policy.model_dir or task.tokenizer_dir)
     s = cfg.rollout.sampling
     generation = {"do_sample": True, "temperature": s.temperature, "top_k": s.top_k,

@@ -66,7 +66,7 @@ class Fleet:
 
     def rollout(self, on_start: Callable[[Member], None]) -> ActorGroup:
         cfg = self.cfg
-        start_dir = cfg.policy.model_dir or str(self.task.policy_dirs[0])
+        start_dir = cfg.start_dir(self.task)
         engine, dtype = cfg.engine_kind(), cfg.rollout_dtype(model_dtype(start_dir))  # once
         return ActorGroup("rollout", lambda name: remote(
             RolloutWorker, cfg.rollout, f"{cfg.name}:{name}", cfg.cluster.namespace).remote(
@@ -85,10 +85,10 @@ class Fleet:
 
 def learner_args(cfg: RunConfig, task: Task, tokenizer) -> dict:
     """LearnerActor's arguments for this run (the driver's actor, and `raylign export`)."""
-    stored = model_dtype(cfg.policy.model_dir or task.policy_dirs[0])
+    stored = model_dtype(cfg.start_dir(task))
     return {"settings": cfg.learner_settings(stored),
             "compute_dtype": cfg.learner_dtype(), "publish_dtype": cfg.rollout_dtype(stored),
-            "start_dir": cfg.policy.model_dir or str(task.policy_dirs[0]),
+            "start_dir": cfg.start_dir(task),
             "soup_dirs": [str(d) for d in task.policy_dirs], "init": cfg.policy.init,
             "soup_weights": cfg.learner.soup_weights, "lora": cfg.policy.lora,
             "temperature": cfg.rollout.sampling.temperature, "seed": cfg.seed,

@@ -95,7 +95,7 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 def check_context(cfg: RunConfig, task: Task) -> int | None:
     """max_new_tokens must leave the policy's context room for a prompt; returns the
     context (None if the policy's config names none)."""
-    context = model_context(cfg.policy.model_dir or task.policy_dirs[0])
+    context = model_context(cfg.start_dir(task))
     if context is not None and cfg.rollout.sampling.max_new_tokens >= context:
         raise ConfigError(f"rollout.sampling.max_new_tokens ({cfg.rollout.sampling.max_new_tokens})"
                           f" leaves no room for a prompt in the policy's context ({context})")
