@@ -30,15 +30,17 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from actors import storage as store
+from services.alarm import Alarm
 from services.ledger import Ledger
 
 MANIFEST = "manifest.json"
 DRIVER = "driver.json"
+RECOMMENDED = "recommended.json"
 # step-N; put aside by a local re-write: .old-step-N-pid; an object store's re-write: step-N-rK
 _NAME = re.compile(r"(\.old-)?step-(\d+)(?:-(r)?(\d+))?")
 
@@ -187,12 +189,12 @@ def _driver_files(driver_state: dict, extra_files: dict[str, bytes]) -> dict[str
     return {DRIVER: json.dumps(driver_state).encode(), **extra_files}
 
 
-def _prune(root: Location, ckpt: Location, keep: int) -> None:
-    """Keep `ckpt` and the newest `keep` steps committed (with a manifest); other attempts of
-    ckpt's step and ones never committed (a killed save's) go."""
+def _prune(root: Location, ckpt: Location, keep: int, protect: Collection[int] = ()) -> None:
+    """Keep `ckpt`, the newest `keep` steps committed (with a manifest) and the steps in
+    `protect`; other attempts of ckpt's step and ones never committed (a killed save's) go."""
     found = _candidates(root)
     committed = [c for c in found if store.exists(store.join(c, MANIFEST))]
-    kept = sorted({step_of(c) for c in committed})[-keep:]
+    kept = set(sorted({step_of(c) for c in committed})[-keep:]) | set(protect)
     for c in found:
         if c != ckpt and (c not in committed or step_of(c) not in kept
                           or step_of(c) == step_of(ckpt)):
@@ -201,11 +203,13 @@ def _prune(root: Location, ckpt: Location, keep: int) -> None:
 
 def save_checkpoint(storage: Location, step: int, driver_state: dict,
                     write_learner: WriteLearner, keep: int,
-                    extra_files: dict[str, bytes] | None = None) -> Location:
+                    extra_files: dict[str, bytes] | None = None,
+                    protect: Collection[int] = ()) -> Location:
     """Write step `step` under STORAGE/checkpoints: the learner's files through
     `write_learner(dest)` (it writes them at `dest`, its learner/ location, and returns their
     {relative path: sha256}, or None to have them hashed here), `driver_state` as driver.json,
-    and `extra_files` ({relative name: bytes}); keep the newest `keep` steps. Returns the
+    and `extra_files` ({relative name: bytes}); keep the newest `keep` steps and the steps in
+    `protect` (the alarm's recommended checkpoint and its candidate). Returns the
     checkpoint (a Path on local storage, else a URI). Raises CheckpointError, the earlier
     checkpoints intact, if it cannot be written."""
     files = _driver_files(driver_state, extra_files or {})
@@ -214,8 +218,19 @@ def save_checkpoint(storage: Location, step: int, driver_state: dict,
         ckpt = _save_local(root, step, files, write_learner)
     else:
         ckpt = _save_remote(root, step, files, write_learner)
-    _prune(root, ckpt, keep)
+    _prune(root, ckpt, keep, protect)
     return ckpt
+
+
+def write_recommended(storage: Location, info: dict) -> None:
+    """STORAGE/recommended.json: the checkpoint the over-optimisation alarm recommends."""
+    store.write_bytes(store.join(storage, RECOMMENDED), json.dumps(info, indent=1).encode())
+
+
+def read_recommended(storage: Location) -> dict | None:
+    """What `write_recommended` wrote, or None if the run's alarm recommended nothing."""
+    blob = store.read_bytes(store.join(storage, RECOMMENDED))
+    return None if blob is None else json.loads(blob)
 
 
 def _manifest(ckpt: Location) -> dict[str, str]:
@@ -265,14 +280,21 @@ class DriverState:
     steps: int = 0  # learner versions published
     restarts: dict[str, int] = field(default_factory=dict)  # by Ray, per role
     replacements: dict[str, int] = field(default_factory=dict)  # new actors, per role
+    alarm: Alarm = field(default_factory=Alarm)  # the over-optimisation alarm's state
+    candidate: int | None = None  # newest checkpoint step taken while the alarm was ok
+    recommended: int | None = None  # the candidate when the alarm fired
 
     def to_json(self, ledger: Ledger, cursor: int) -> dict:
         """This state with the prompts' (`cursor`: the next new prompt id)."""
         return {"steps": self.steps, "cursor": cursor, "ledger": ledger.to_json(),
-                "restarts": self.restarts, "replacements": self.replacements}
+                "restarts": self.restarts, "replacements": self.replacements,
+                "alarm": self.alarm.to_json(), "candidate": self.candidate,
+                "recommended": self.recommended}
 
     @classmethod
     def from_json(cls, d: dict) -> tuple[DriverState, Ledger, int]:
         """(the state, the ledger, the cursor) of `to_json`'s dict."""
-        return (cls(d["steps"], d["restarts"], d.get("replacements", {})),
-                Ledger.from_json(d["ledger"]), d["cursor"])
+        state = cls(d["steps"], d["restarts"], d.get("replacements", {}),
+                    Alarm.from_json(d["alarm"]) if "alarm" in d else Alarm(),
+                    d.get("candidate"), d.get("recommended"))
+        return state, Ledger.from_json(d["ledger"]), d["cursor"]

@@ -57,7 +57,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from services.export import ExportError, export_run
 
     try:
-        out = export_run(Path(args.run_dir), step=args.step, merge_lora=args.merge_lora)
+        out = export_run(Path(args.run_dir), step=args.step, merge_lora=args.merge_lora,
+                         recommended=args.recommended)
     except ExportError as e:
         print(f"raylign export: {e}", file=sys.stderr)
         return 2
@@ -226,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the checkpoint's step (default: the newest valid checkpoint)")
     p.add_argument("--merge-lora", action="store_true",
                    help="LoRA runs: also write merged/, the adapter merged into the base")
+    p.add_argument("--recommended", action="store_true",
+                   help="the checkpoint the over-optimisation alarm recommended, to "
+                   "RUN_DIR/export/recommended/")
     p.set_defaults(func=cmd_export)
 
     # experiments/ is imported only when the command runs: it lives in the source checkout

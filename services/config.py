@@ -237,6 +237,37 @@ class LearnerConfig(Placement, PPOSettings):
         return self
 
 
+class AlarmConfig(Strict):
+    """The over-optimisation alarm (services/alarm.py, docs/alarm.md): a score from the reward
+    members' disagreement, a state (ok, warning, alarm) and what the run does on alarm."""
+
+    action: Literal["none", "mark", "stop"] = Field(
+        "mark", description="on alarm: none = report only; mark = the newest checkpoint from "
+        "before the score left ok becomes the run's recommended one (kept when older ones "
+        "rotate out; raylign export --recommended); stop = mark, then checkpoint and stop")
+    warmup: StrictInt = Field(5, ge=1, description="steps before the disagreement floor is "
+                              "tracked (the score is 0 until then)")
+    halflife: float = Field(3.0, gt=0, description="half-life, in steps, of the smoothing of "
+                            "the disagreement")
+    warning: float = Field(0.5, gt=0, description="score at which the state is warning")
+    threshold: float = Field(1.0, gt=0, description="score at which, held for `patience` "
+                             "steps, the state is alarm (score = smoothed disagreement / its "
+                             "floor - 1)")
+    patience: StrictInt = Field(2, ge=1, description="steps in a row at or above threshold")
+
+    @model_validator(mode="after")
+    def _levels(self) -> AlarmConfig:
+        if self.warning > self.threshold:
+            raise ValueError(f"alarm.warning ({self.warning}) must be <= alarm.threshold "
+                             f"({self.threshold})")
+        return self
+
+    def params(self) -> dict:
+        """The Alarm's parameters."""
+        return {k: getattr(self, k) for k in
+                ("warmup", "halflife", "warning", "threshold", "patience")}
+
+
 class BroadcastConfig(Strict):
     keep_versions: StrictInt = Field(2, ge=1, description="weight versions kept referenced")
 
@@ -328,6 +359,8 @@ class RunConfig(Strict):
                                  description="the reward ensemble")
     learner: LearnerConfig = Field(default_factory=LearnerConfig,
                                    description="the learner actor and its PPO settings")
+    alarm: AlarmConfig = Field(default_factory=AlarmConfig,
+                               description="the over-optimisation alarm")
     broadcast: BroadcastConfig = Field(default_factory=BroadcastConfig,
                                        description="weight broadcasts")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, json_schema_extra=RESUMABLE,

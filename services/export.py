@@ -102,20 +102,31 @@ def _write_model_dir(model, out: Path, tokenizer, generation: dict,
     tokenizer.save_pretrained(out)
 
 
-def export_run(run_dir: str | Path, step: int | None = None, merge_lora: bool = False) -> Path:
+def export_run(run_dir: str | Path, step: int | None = None, merge_lora: bool = False,
+               recommended: bool = False) -> Path:
     """Export the policy of RUN_DIR's checkpoint (`step`, or the newest valid one) to
-    RUN_DIR/export/step-NNNNNN/ (see the module docstring); returns that dir.
+    RUN_DIR/export/step-NNNNNN/ (see the module docstring); returns that dir. `recommended`:
+    the checkpoint the over-optimisation alarm recommended, to RUN_DIR/export/recommended/.
     Raises ExportError for a missing run dir, config or checkpoint."""
     from transformers import AutoTokenizer
 
     from actors import storage
-    from services.checkpoint import learner_source, step_of
+    from services.checkpoint import learner_source, read_recommended, step_of
     from tasks import load_task
 
     run_dir = Path(run_dir)
     cfg = _run_config(run_dir)
-    ckpt = _checkpoint(run_dir if cfg.checkpoint.storage is None else cfg.storage, step)
-    step_n, ckpt_name = step_of(ckpt), f"step-{step_of(ckpt):06d}"
+    where = run_dir if cfg.checkpoint.storage is None else cfg.storage
+    if recommended:
+        if step is not None:
+            raise ExportError("--recommended and --step both name a checkpoint: give one")
+        step = (read_recommended(where) or {}).get("step")
+        if step is None:
+            raise ExportError(f"run {run_dir}: its over-optimisation alarm recommended no "
+                              f"checkpoint (no {where}/recommended.json)")
+    ckpt = _checkpoint(where, step)
+    step_n = step_of(ckpt)
+    ckpt_name = "recommended" if recommended else f"step-{step_n:06d}"
     _say(f"run {run_dir} ({cfg.name}), checkpoint {storage.name(ckpt)}")
     task = load_task(cfg)
     src, digests = learner_source(ckpt)

@@ -36,16 +36,15 @@ from actors.fleet import ActorGroup, Member
 from actors.records import Prompt, ScoredSample, StepStats, TrainBatch
 from actors.reward import RewardFunctionError
 from services import admission
+from services.alarm import STATES, Alarm
 from services.broadcast import Broadcast
-from services.checkpoint import (
-    DriverState,
-)
+from services.checkpoint import DriverState, write_recommended
 from services.fleet import Fleet, signals_to
 from services.flow import SCORING, PromptFlow
 from services.health import Health
 from services.prometheus_metrics import Metrics
 from services.recovery import Recovery
-from services.step_log import StepLog
+from services.step_log import StepLog, disagreement
 
 
 @dataclass
@@ -69,7 +68,7 @@ class Driver(Recovery):
         self.rollout: ActorGroup = fleet.rollout(on_start=self.weights.send_to)
         self.rewards = fleet.rewards(on_failure=lambda m, e: self.health.failed(m, "reward", e))
         self.heldout = fleet.heldout
-        self.state = DriverState()
+        self.state = DriverState(alarm=Alarm(**self.cfg.alarm.params()))
         self.flow = PromptFlow()  # every prompt's stage, the ledger and the cursor
         self.gens: dict[ray.ObjectRef, Gen] = {}
         self.buffer: list[ScoredSample] = []  # scored, waiting for a learner step
@@ -81,7 +80,8 @@ class Driver(Recovery):
                      + [(g, "reward") for g in self.rewards.groups]),
             metrics, self.cfg.checkpoint.max_actor_failures, self._replace, self._on_restart)
         self.health.restarts = self.state.restarts
-        self.stop_requested = False
+        self.stop_requested = False  # raylign stop, a signal: an interrupted run
+        self.alarm_stop = False  # alarm.action stop: the run ends (not interrupted)
         self.t_start = time.perf_counter()
         metrics.set_max_staleness(self.cfg.rollout.max_staleness)
 
@@ -104,7 +104,8 @@ class Driver(Recovery):
         self.report = StepLog(self.metrics, self.run_dir, self.cfg.learner.steps,
                                self.state.steps)
         with signals_to(self):
-            while self.state.steps < self.cfg.learner.steps and not self.stop_requested:
+            while (self.state.steps < self.cfg.learner.steps
+                   and not (self.stop_requested or self.alarm_stop)):
                 with self.report.phase("reconcile"):
                     self._reconcile()  # 1. fleet size = the controller's desired counts
                 with self.report.phase("issue"):
@@ -270,12 +271,34 @@ class Driver(Recovery):
             with self.report.phase("broadcast"):
                 self._publish(stats.policy_version, snap_ref, nbytes)
             self.state.steps = stats.step
+            extra.update(self._watch(stats.step, batch))
             every = self.cfg.learner.eval_every
             if every and stats.step % every == 0:
                 with self.report.phase("evaluate"):
                     extra.update(self.heldout.evaluate(self.learner, self._get))
         self.report.step(stats, batch, extra)
         return stats
+
+    def _watch(self, step: int, batch: TrainBatch) -> dict[str, float]:
+        """Fold the step into the over-optimisation alarm; when it fires, mark the checkpoint
+        from before its score left ok as recommended (and with action stop, stop)."""
+        alarm, action = self.state.alarm, self.cfg.alarm.action
+        alarm.update(step, disagreement(batch.samples))
+        self.metrics.record_alarm(alarm.score, alarm.state)
+        if alarm.fired_at == step:
+            tqdm.write(f"over-optimisation alarm at step {step} (score {alarm.score:.2f}, ok "
+                       f"until step {alarm.last_ok}); alarm.action: {action}")
+            if action != "none":
+                self.state.recommended = self.state.candidate
+                if self.state.recommended is None:
+                    tqdm.write("no checkpoint from before the alarm to recommend")
+                else:
+                    write_recommended(self.storage, {
+                        "step": self.state.recommended, "alarm_step": step,
+                        "last_ok_step": alarm.last_ok, "score": alarm.score})
+                    tqdm.write(f"recommended checkpoint: step {self.state.recommended}")
+            self.alarm_stop = action == "stop"
+        return alarm.figures()
 
     # -- the fleet: scaling, health (faults: services/recovery.py) --------------------------
 
@@ -361,6 +384,10 @@ class Driver(Recovery):
         summary = {"steps": self.state.steps, "interrupted": interrupted,
                    "checkpoint": str(ckpt), "ledger": counts, "restarts": self.state.restarts,
                    "replaced": self.state.replacements,
+                   "alarm": {"state": STATES[self.state.alarm.state],
+                             "fired_at": self.state.alarm.fired_at,
+                             "recommended_step": self.state.recommended,
+                             "stopped_run": self.alarm_stop},
                    "seconds": time.perf_counter() - self.t_start}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary

@@ -194,6 +194,12 @@ class Metrics:
         self.disagreement = gauge(
             "raylign_reward_disagreement_std",
             "Mean over samples of the std of the member scores, last batch")
+        self.overopt_score = gauge(
+            "raylign_overoptimisation_score",
+            "Over-optimisation alarm score: smoothed member disagreement / its floor - 1")
+        self.overopt_state = gauge(
+            "raylign_overoptimisation_state",
+            "Over-optimisation alarm state: 0 ok, 1 warning, 2 alarm (latched)")
         self.nonfinite = counter(
             "raylign_nonfinite_total", "NaN/inf values met (and quarantined), by stage",
             ("stage",))
@@ -337,6 +343,11 @@ class Metrics:
             self.reward_gold.set(gold)
             self.reward_gap.set(combined - gold)
         self.disagreement.set(disagreement)
+
+    def record_alarm(self, score: float, state: int) -> None:
+        """The over-optimisation alarm after a step: its score and state (0, 1, 2)."""
+        self.overopt_score.set(score)
+        self.overopt_state.set(state)
 
     def record_nonfinite(self, where: str, n: int = 1) -> None:
         """Count NaN/inf values met at `where` (reward, loss, ...)."""

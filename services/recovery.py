@@ -19,6 +19,7 @@ from ray.exceptions import GetTimeoutError, RayError
 from tqdm import tqdm
 
 from actors.fleet import Member
+from services.alarm import OK
 from services.checkpoint import (
     CheckpointError,
     DriverState,
@@ -149,10 +150,16 @@ class Recovery:
         log = self.run_dir / "metrics.jsonl"
         extra = {"config.json": (self.run_dir / "config.json").read_bytes(),
                  "metrics.jsonl": log.read_bytes() if log.is_file() else b""}
-        return save_checkpoint(
-            self.storage, self.state.steps, self._driver_state(),
+        state = self.state
+        protect = ([] if self.cfg.alarm.action == "none" else
+                   [s for s in (state.candidate, state.recommended) if s is not None])
+        ckpt = save_checkpoint(
+            self.storage, state.steps, self._driver_state(),
             lambda d: self._get(self.learner.save.remote(str(d))), self.cfg.checkpoint.keep,
-            extra)
+            extra, protect)
+        if state.alarm.state == OK and state.alarm.fired_at is None:
+            state.candidate = state.steps  # the newest checkpoint while the alarm is ok
+        return ckpt
 
     def _driver_state(self) -> dict:
         """The driver's checkpointed state: steps, the flow's ledger and cursor, counts."""

@@ -18,6 +18,12 @@ from actors.records import StepStats, TrainBatch
 from services.prometheus_metrics import Metrics
 
 
+def disagreement(samples) -> float:
+    """Mean over samples of the (population) std of the member scores; 0 with one member."""
+    return statistics.fmean(statistics.pstdev(s.member_scores) if len(s.member_scores) > 1
+                            else 0.0 for s in samples)
+
+
 def batch_figures(batch: TrainBatch) -> dict[str, float]:
     """Reward, length and staleness figures of the samples one step trained on."""
     samples = batch.samples
@@ -25,8 +31,7 @@ def batch_figures(batch: TrainBatch) -> dict[str, float]:
     members = [statistics.fmean(s.member_scores[i] for s in samples) for i in range(k)]
     out = {f"reward/member{i}": m for i, m in enumerate(members)}
     out["reward/proxy"] = statistics.fmean(s.reward for s in samples)
-    out["reward/disagreement"] = statistics.fmean(
-        statistics.pstdev(s.member_scores) if k > 1 else 0.0 for s in samples)
+    out["reward/disagreement"] = disagreement(samples)
     golds = [s.gold for s in samples if s.gold is not None]
     if golds:
         out["reward/gold"] = statistics.fmean(golds)

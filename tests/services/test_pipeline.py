@@ -166,3 +166,38 @@ def test_train_with_the_vllm_engine(ray_session, micro_world, tmp_path):
 def test_embedded_ray_is_on_loopback_only(ray_session):
     assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
     assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+
+
+def test_the_alarm_stops_the_run_and_its_recommended_checkpoint_is_kept_and_exported(
+        ray_session, micro_world, tmp_path):
+    """A run that optimises one reward member hard (aggregation single, no KL penalty, a high
+    learning rate) with an alarm tuned to fire early: at the alarm the run ends cleanly (not
+    interrupted) with a checkpoint; the checkpoint from before the score left ok is kept
+    although checkpoint.keep is 1, and `raylign export --recommended` writes it."""
+    from services.checkpoint import checkpoints, read_recommended, step_of
+
+    cfg = micro(tmp_path, "learner.steps=12", "reward.aggregation=single", "learner.kl.coef=0",
+                "learner.lr=1e-3", "checkpoint.every=1", "checkpoint.keep=1",
+                "alarm.action=stop", "alarm.warmup=1", "alarm.halflife=1", "alarm.warning=0.01",
+                "alarm.threshold=0.01", "alarm.patience=1")
+    summary = train(cfg)
+    alarm = summary["alarm"]
+    fired = alarm["fired_at"]
+    assert fired is not None and alarm["state"] == "alarm" and alarm["stopped_run"]
+    # the step in flight when it fired (max_staleness 1) finishes; then the run ends
+    assert fired <= summary["steps"] <= fired + 1 < 12 and not summary["interrupted"]
+    assert set(summary["ledger"]) <= {"trained", "dropped:run_end"}
+    log = rows(cfg)
+    states = [r["alarm/state"] for r in log]
+    assert states[-1] == 2 and states.index(2) == fired - 1 and len(log) == summary["steps"]
+    last_ok = max(r["step"] for r in log if r["alarm/state"] == 0)
+    recommended = read_recommended(cfg.path)
+    assert recommended["step"] == last_ok and recommended["alarm_step"] == fired
+    kept = sorted(step_of(c) for c in checkpoints(cfg.path))
+    assert kept == sorted({last_ok, summary["steps"]})  # keep=1, and the recommended one
+
+    out = subprocess.run([sys.executable, "-m", "services.cli", "export", str(cfg.path),
+                          "--recommended"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    meta = json.loads((cfg.path / "export" / "recommended" / "export.json").read_text())
+    assert meta["step"] == last_ok
