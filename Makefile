@@ -49,7 +49,7 @@ clean:
 	rm -rf $(VENV) runs .cache
 
 # experiments (docs/results.md): make exp-overopt, exp-ensembles, exp-elastic, exp-soup,
-# exp-together, exp-offpolicy; EXP_ARGS="--seeds 5" or "--quick" (a pattern rule: not in .PHONY, where
+# exp-together, exp-offpolicy, exp-alarm; EXP_ARGS="--seeds 5" or "--quick" (a pattern rule: not in .PHONY, where
 # make would skip it)
 exp-%: $(STAMP)
 	$(BIN)/raylign experiment $* $(EXP_ARGS)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from learner.process_env import set_process_env
 
-NAMES = ("overopt", "ensembles", "elastic", "soup", "together", "offpolicy")
+NAMES = ("overopt", "ensembles", "elastic", "soup", "together", "offpolicy", "alarm")
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "results"
 
 
