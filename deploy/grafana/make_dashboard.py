@@ -76,6 +76,11 @@ ROWS = [
         ("Proxy - gold gap, ensemble disagreement", "short", "", [
             (f"raylign_reward_proxy_gold_gap{sel()}", "combined - gold"),
             (f"raylign_reward_disagreement_std{sel()}", "mean member std")]),
+        ("Over-optimisation alarm", "short",
+         "score = smoothed member disagreement / its floor - 1; state 0 ok, 1 warning, 2 alarm "
+         "(docs/alarm.md)", [
+             (f"raylign_overoptimisation_score{sel()}", "score"),
+             (f"raylign_overoptimisation_state{sel()}", "state")]),
     ]),
     ("KL and losses", [
         ("KL", "short", "Per-token KL in nats", [

@@ -26,7 +26,7 @@ def test_check_config():
 def test_check_rules():
     done = _promtool("check", "rules", "alerts.yml")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "10 rules found" in done.stdout
+    assert "11 rules found" in done.stdout
 
 
 def test_rule_unit_tests():
@@ -43,7 +43,7 @@ def test_every_alert_has_a_firing_case():
     assert alerts - fired == set(), "alerts without a firing case in alerts_test.yml"
     assert {"RaylignLearnerStalled", "RaylignRolloutWorkersDown", "RaylignStalenessOverBound",
             "RaylignNonfiniteRewards", "RaylignKLExploding",
-            "RaylignEnsembleDisagreementRising"} <= alerts
+            "RaylignOverOptimisationWarning", "RaylignOverOptimisationAlarm"} <= alerts
 
 
 def test_rule_tests_can_fail(tmp_path):

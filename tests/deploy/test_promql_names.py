@@ -136,7 +136,7 @@ def test_tokenizer():
 
 def test_exprs_found():
     dash, rules = dashboard_exprs(), rule_exprs()
-    assert len(dash) >= 30 and len(rules) == 10
+    assert len(dash) >= 30 and len(rules) == 11
     for where, expr in dash + rules:
         assert metric_names(expr), f"{where}: no metric in {expr!r}"
 
