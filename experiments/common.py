@@ -489,23 +489,27 @@ def cluster_bootstrap_ci(clusters: Sequence[Sequence[float]], n: int = 2000, see
     return reps[int(0.025 * n)], reps[int(0.975 * n) - 1]
 
 
-VERDICT_RULE = ("held: the 95% interval of the pre-registered effect lies above 0; refuted: it "
-                "lies below the smallest effect of interest (so an effect of that size or larger "
-                "is excluded, including every effect in the predicted direction's opposite); "
-                "inconclusive: otherwise, or with fewer than 2 seeds")
+VERDICT_RULE = ("held: the 95% interval of the pre-registered effect lies above 0 and its point "
+                "estimate is at least the smallest effect of interest (with a smaller estimate: "
+                "'held, smaller than the effect of interest'); refuted: the interval lies below "
+                "the smallest effect of interest (so an effect of that size or larger is "
+                "excluded) and not above 0; inconclusive: otherwise, or with fewer than 2 seeds")
+HELD_SMALLER = "held, smaller than the effect of interest"
 
 
-def verdict(ci: tuple[float, float], smallest_effect: float) -> str:
-    """`held | refuted | inconclusive` for an effect predicted to be positive, given its 95%
-    interval and the smallest effect of interest (> 0), both fixed before the run
-    (VERDICT_RULE)."""
+def verdict(ci: tuple[float, float], smallest_effect: float,
+            estimate: float | None = None) -> str:
+    """`held | HELD_SMALLER | refuted | inconclusive` for an effect predicted to be positive,
+    given its 95% interval, its point estimate (default: the interval's midpoint) and the
+    smallest effect of interest (> 0), fixed before the run (VERDICT_RULE)."""
     if smallest_effect <= 0:
         raise ValueError(f"verdict: smallest_effect must be > 0, got {smallest_effect}")
     lo, hi = ci
     if lo != lo or hi != hi:
         return "inconclusive"
+    estimate = (lo + hi) / 2 if estimate is None else estimate
     if lo > 0:
-        return "held"
+        return "held" if estimate >= smallest_effect else HELD_SMALLER
     if hi < smallest_effect:
         return "refuted"
     return "inconclusive"
@@ -520,6 +524,8 @@ def joint_verdict(verdicts, refuted_by: str) -> str:
         raise ValueError(f"joint_verdict: refuted_by must be 'any' or 'all', got {refuted_by!r}")
     if all(v == "held" for v in vs):
         return "held"
+    if all(v in ("held", HELD_SMALLER) for v in vs):
+        return HELD_SMALLER
     refuted = [v == "refuted" for v in vs]
     return "refuted" if (any if refuted_by == "any" else all)(refuted) else "inconclusive"
 

@@ -23,8 +23,10 @@ arm through `raylign train` (`services.bootstrap.train`) on the tiny world
 - **Design first.** Each experiment's design, endpoints and verdict rule are in its module
   docstring (`experiments/NAME.py`), written before it ran; the JSON names the commit.
 - **Verdicts** are `held | refuted | inconclusive`: held when the 95% interval of the predicted
-  effect lies above 0; refuted when it lies below the smallest effect of interest (so an effect
-  that large is excluded); inconclusive otherwise. Intervals are paired t-intervals over seeds
+  effect lies above 0 and its point estimate is at least the smallest effect of interest ("held,
+  smaller than the effect of interest" when the estimate is smaller); refuted when the interval
+  lies below the smallest effect of interest (so an effect that large is excluded) and does
+  not lie above 0; inconclusive otherwise. Intervals are paired t-intervals over seeds
   (df = seeds − 1), or bootstraps over prompts for best-of-n.
 - **Gold** is the tiny world's oracle reward (VADER compound × fluency), never seen in training;
   **proxy** is the learned reward model(s) the policy optimises. Gold, KL and perplexity drift

@@ -266,13 +266,21 @@ def test_cluster_bootstrap_resamples_seeds_not_prompts():
 
 
 def test_verdict_rule():
-    from experiments.common import verdict
+    from experiments.common import HELD_SMALLER, verdict
 
-    assert verdict((0.01, 0.3), smallest_effect=0.05) == "held"
-    assert verdict((-0.2, -0.01), smallest_effect=0.05) == "refuted"  # the opposite effect
-    assert verdict((-0.02, 0.04), smallest_effect=0.05) == "refuted"  # no effect that size
-    assert verdict((-0.02, 0.2), smallest_effect=0.05) == "inconclusive"
-    assert verdict((math.nan, math.nan), smallest_effect=0.05) == "inconclusive"
+    e = 0.25  # smallest effect of interest; every bound below is exact in binary
+    assert verdict((0.125, 0.5), e) == "held"  # above 0, estimate 0.3125 >= e
+    assert verdict((0.125, 0.375), e) == "held"  # estimate exactly e
+    assert verdict((0.125, 0.3125), e) == HELD_SMALLER  # estimate 0.21875 < e
+    assert verdict((0.125, 0.5), e, estimate=0.125) == HELD_SMALLER  # the estimate given
+    assert verdict((0.0625, 0.125), e) == HELD_SMALLER  # above 0 and below e: not refuted
+    assert verdict((0.0, 0.125), e) == "refuted"  # 0 is inside: below e only
+    assert verdict((-0.5, -0.125), e) == "refuted"  # the opposite effect
+    assert verdict((-0.125, 0.1875), e) == "refuted"  # no effect that size
+    assert verdict((-0.125, 0.25), e) == "inconclusive"  # e itself is inside
+    assert verdict((0.0, 0.25), e) == "inconclusive"  # 0 and e both inside
+    assert verdict((-0.125, 0.5), e) == "inconclusive"
+    assert verdict((math.nan, math.nan), e) == "inconclusive"
     with pytest.raises(ValueError, match="smallest_effect"):
         verdict((0.1, 0.2), smallest_effect=0.0)
 
@@ -382,13 +390,14 @@ def test_mean_after_is_the_trapezoid_area_over_the_span():
 
 
 def test_joint_verdict_any_and_all():
-    from experiments.common import joint_verdict
+    from experiments.common import HELD_SMALLER, joint_verdict
 
     assert joint_verdict(["held", "held"], refuted_by="any") == "held"
     assert joint_verdict(["held", "refuted"], refuted_by="any") == "refuted"
     assert joint_verdict(["held", "refuted"], refuted_by="all") == "inconclusive"
     assert joint_verdict(["refuted", "refuted"], refuted_by="all") == "refuted"
     assert joint_verdict(["held", "inconclusive"], refuted_by="any") == "inconclusive"
+    assert joint_verdict(["held", HELD_SMALLER], refuted_by="any") == HELD_SMALLER
     with pytest.raises(ValueError, match="refuted_by"):
         joint_verdict(["held"], refuted_by="most")
 
