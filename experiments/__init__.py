@@ -52,7 +52,7 @@ def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None,
     set_process_env()
     import ray
 
-    from experiments.common import Ctx, finite, world
+    from experiments.common import Ctx, finite, world, world_digest
     from experiments.report import _world_facts, render
 
     mod = module(name)
@@ -70,6 +70,7 @@ def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None,
             ray.shutdown()
     key = world(ctx).root.name
     result.update(experiment=name, quick=quick, seeds=seeds, world=key,
+                  world_digest=world_digest(ctx),
                   world_facts=_world_facts(key), **code,
                   seconds=round(time.perf_counter() - t0, 1), run_seconds=ctx.timings,
                   finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
@@ -79,18 +80,19 @@ def run_experiment(name: str, *, quick: bool = False, seeds: int | None = None,
     return result
 
 
-def provenance() -> dict:
-    """{"commit": HEAD's short hash ('+dirty' with uncommitted changes to tracked files),
-    "dirty": bool, and with a dirty tree "diff": `git diff HEAD`}."""
+def provenance(repo: Path | None = None) -> dict:
+    """{"commit": HEAD's full hash ('+dirty' with uncommitted changes, untracked files
+    included), "dirty": bool, and with a dirty tree "diff": `git diff HEAD` and "untracked":
+    the untracked files' paths}."""
     import subprocess
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True,
-                              cwd=DEFAULT_OUT.parents[1]).stdout.strip()
+                              cwd=repo or DEFAULT_OUT.parents[1]).stdout.strip()
 
-    dirty = bool(git("status", "--porcelain", "-uno"))
-    out = {"commit": git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else ""),
-           "dirty": dirty}
+    dirty = bool(git("status", "--porcelain"))
+    out = {"commit": git("rev-parse", "HEAD") + ("+dirty" if dirty else ""), "dirty": dirty}
     if dirty:
         out["diff"] = git("diff", "HEAD")
+        out["untracked"] = git("ls-files", "--others", "--exclude-standard").splitlines()
     return out

@@ -43,6 +43,7 @@ class Ctx:
     ray_started: bool = False  # Ray started by run_arm (shut down by run_experiment)
     world_overrides: list[str] = field(default_factory=list)  # the experiment's world (task.*)
     commit: str = ""  # the code's commit (run_experiment sets it): part of the run cache key
+    digests: dict[str, str] = field(default_factory=dict)  # world key -> content digest
 
     @property
     def label(self) -> str:
@@ -82,6 +83,17 @@ def world(ctx: Ctx):
     return prepare(load_cfg(ctx, []).task)
 
 
+def world_digest(ctx: Ctx) -> str:
+    """The content digest of the experiment's world build (tasks.tiny_world.world_digest),
+    computed once per experiment: part of every result and of the run cache key."""
+    from tasks.tiny_world import world_digest as digest
+
+    root = world(ctx).root
+    if root.name not in ctx.digests:
+        ctx.digests[root.name] = digest(root)
+    return ctx.digests[root.name]
+
+
 def read_rows(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
@@ -95,9 +107,9 @@ def run_arm(ctx: Ctx, arm: str, seed: int, overrides: Sequence[str]) -> list[dic
 
     cfg = load_cfg(ctx, [*overrides, f"name={ctx.name}-{arm}-s{seed}", f"seed={seed}"])
     run_dir = cfg.path
-    # a finished run is reused only for the same config, world build and code
+    # a finished run is reused only for the same config, world build (its content) and code
     wanted = {"config": cfg.model_dump(mode="json"), "world": world(ctx).root.name,
-              "commit": ctx.commit}
+              "world_digest": world_digest(ctx), "commit": ctx.commit}
     done, stamp = run_dir / "summary.json", run_dir / "experiment.json"
     same = (done.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == wanted)
     if same:

@@ -180,6 +180,23 @@ def world_key(task: TinyWorldConfig) -> str:
     return f"{task.size}-{hashlib.sha256(blob).hexdigest()[:10]}"
 
 
+BUILD_TIMES = ("timings_s", "build_seconds")  # the summary's only fields that vary per build
+
+
+def world_digest(root: Path) -> str:
+    """sha256 of a built world's content: every file (path and bytes), summary.json without
+    its build times. Two builds of one key on one machine give the same digest
+    (tests/tasks/test_tiny_world.py)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if path.name == "summary.json" and path.parent == Path(root):
+            summary = {k: v for k, v in json.loads(data).items() if k not in BUILD_TIMES}
+            data = json.dumps(summary, sort_keys=True).encode()
+        h.update(str(path.relative_to(root)).encode() + b"\0" + data + b"\0")
+    return h.hexdigest()
+
+
 def _load(root: Path) -> World:
     summary = json.loads((root / "summary.json").read_text())
     data = json.loads((root / "data.json").read_text())
@@ -242,14 +259,14 @@ def _remove_dead_temps(root: Path) -> None:
 
 @contextlib.contextmanager
 def _build_env(threads: int = 2):
-    """At most `threads` torch threads, deterministic kernels, quiet transformers; restored
-    afterwards."""
+    """`threads` torch threads (whatever the process had: a build's floats depend on how its
+    sums are split), deterministic kernels, quiet transformers; restored afterwards."""
     from transformers.utils import logging as hf_logging
 
     saved_threads = torch.get_num_threads()
     det = torch.are_deterministic_algorithms_enabled()
     verbosity = hf_logging.get_verbosity()
-    torch.set_num_threads(min(threads, saved_threads))
+    torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

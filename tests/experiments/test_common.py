@@ -297,19 +297,28 @@ def test_seed_rows_flatten_arms_and_seeds():
         {"arm": "b", "seed": 0, "step": 2, "reward/gold": 0.3}]
 
 
-def test_provenance_names_this_checkout():
+def test_provenance_is_the_full_commit_and_untracked_files_make_it_dirty(tmp_path):
     import subprocess
 
     from experiments import provenance
-    from tests.conftest import REPO
 
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
-                          capture_output=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=REPO, text=True,
-                                capture_output=True).stdout.strip())
-    p = provenance()
-    assert p["commit"] == head + ("+dirty" if dirty else "") and p["dirty"] == dirty
-    assert ("diff" in p) == dirty
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              cwd=tmp_path, text=True, capture_output=True, check=True).stdout
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("commit", "-qm", "one")
+    head = git("rev-parse", "HEAD").strip()
+    assert len(head) == 40 and provenance(tmp_path) == {"commit": head, "dirty": False}
+    (tmp_path / "new.py").write_text("y = 2\n")  # untracked: counts
+    p = provenance(tmp_path)
+    assert p["commit"] == head + "+dirty" and p["dirty"] and p["untracked"] == ["new.py"]
+    (tmp_path / "new.py").unlink()
+    (tmp_path / "a.py").write_text("x = 3\n")  # a tracked change: its diff is recorded
+    p = provenance(tmp_path)
+    assert p["dirty"] and "+x = 3" in p["diff"] and p["untracked"] == []
 
 
 def test_a_full_experiment_refuses_a_dirty_tree_before_any_work(monkeypatch, tmp_path):

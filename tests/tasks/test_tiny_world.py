@@ -15,6 +15,7 @@ from tasks.tiny_world import (
     gold_score,
     load_policy,
     prepare,
+    world_digest,
     world_key,
 )
 
@@ -49,6 +50,23 @@ def test_micro_build_is_deterministic(two_builds):
     assert (a.tokenizer_dir / "tokenizer.json").read_bytes() == (
         b.tokenizer_dir / "tokenizer.json"
     ).read_bytes()
+    # every file bit-identical, but for the build times in summary.json: one digest
+    files = sorted(str(p.relative_to(a.root)) for p in a.root.rglob("*") if p.is_file())
+    assert files == sorted(str(p.relative_to(b.root)) for p in b.root.rglob("*") if p.is_file())
+    assert [f for f in files if (a.root / f).read_bytes() != (b.root / f).read_bytes()] in (
+        [], ["summary.json"])
+    assert world_digest(a.root) == world_digest(b.root)
+
+
+def test_the_world_digest_sees_every_byte(two_builds, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(two_builds[0].root, tmp_path / "w")
+    before = world_digest(copy)
+    data = bytearray((copy / "data.json").read_bytes())
+    data[-2] ^= 1
+    (copy / "data.json").write_bytes(bytes(data))
+    assert world_digest(copy) != before
 
 
 def test_world_layout(two_builds):
