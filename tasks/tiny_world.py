@@ -180,18 +180,20 @@ def world_key(task: TinyWorldConfig) -> str:
     return f"{task.size}-{hashlib.sha256(blob).hexdigest()[:10]}"
 
 
-BUILD_TIMES = ("timings_s", "build_seconds")  # the summary's only fields that vary per build
+BUILD_TIMES = ("timings_s", "build_seconds")  # the summary's fields that vary per build
 
 
 def world_digest(root: Path) -> str:
     """sha256 of a built world's content: every file (path and bytes), summary.json without
-    its build times. Two builds of one key on one machine give the same digest
+    its build times and cache dir. Two builds of one key on one machine give the same digest
     (tests/tasks/test_tiny_world.py)."""
     h = hashlib.sha256()
     for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
         data = path.read_bytes()
         if path.name == "summary.json" and path.parent == Path(root):
             summary = {k: v for k, v in json.loads(data).items() if k not in BUILD_TIMES}
+            summary["task"] = {k: v for k, v in summary.get("task", {}).items()
+                               if k != "cache_dir"}
             data = json.dumps(summary, sort_keys=True).encode()
         h.update(str(path.relative_to(root)).encode() + b"\0" + data + b"\0")
     return h.hexdigest()
