@@ -472,6 +472,26 @@ def t975(df: int) -> float:
     return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
+def sd_from_t_ci(ci: tuple[float, float], n: int) -> float:
+    """The s.d. of the paired differences behind a 95% paired t-interval of n seeds:
+    half-width = t975(n - 1) sd / sqrt(n)."""
+    return (ci[1] - ci[0]) / 2 * math.sqrt(n) / t975(n - 1)
+
+
+def power_at(effect: float, sd: float, n: int) -> float:
+    """Power of the 95% paired t-interval of n seeds to lie above 0 when the true effect is
+    `effect` (> 0): P(mean - t975(n-1) sd/sqrt(n) > 0) ~ Phi(effect sqrt(n) / sd - t975(n-1))
+    (the normal approximation to the non-central t)."""
+    return statistics.NormalDist().cdf(effect * math.sqrt(n) / sd - t975(n - 1))
+
+
+def seeds_for_power(effect: float, sd: float, power: float = 0.8, cap: int = 10_000) -> int:
+    """The fewest seeds n (>= 2) whose paired t-interval lies above 0 with `power` when the
+    true effect is `effect`: effect sqrt(n) / sd >= t975(n-1) + z(power); `cap` if none below."""
+    z = statistics.NormalDist().inv_cdf(power)
+    return next((n for n in range(2, cap) if effect * math.sqrt(n) / sd >= t975(n - 1) + z), cap)
+
+
 def paired_t_ci(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     """95% t-interval of mean(a_i - b_i) over pairs (seeds shared by two arms), df = pairs - 1;
     NaN with fewer than 2 pairs."""

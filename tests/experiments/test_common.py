@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 
@@ -420,3 +421,17 @@ def test_heldout_gold_at_end_averages_the_eval_points_in_the_last_steps():
     assert heldout_gold_at_end(rows, 1, 10, 3) == pytest.approx(0.5)  # steps 8 and 10
     assert heldout_gold_at_end(rows, 1, 10, 10) == pytest.approx(1.1 / 3)
     assert is_nan(heldout_gold_at_end(rows, 1, 10, 0))  # no eval point in the window
+
+
+def test_power_and_the_seeds_it_needs():
+    """Hand-checked with the t table: sd = effect, so n must satisfy sqrt(n) >= t975(n-1) + z80
+    (n = 9: 3.000 < 2.306 + 0.842; n = 10: 3.162 >= 2.262 + 0.842)."""
+    from experiments.common import power_at, sd_from_t_ci, seeds_for_power, t975
+
+    assert seeds_for_power(1.0, 1.0) == 10 and seeds_for_power(0.5, 1.0) > 30
+    assert power_at(1.0, 1.0, 10) >= 0.8 > power_at(1.0, 1.0, 9)
+    assert power_at(1.0, 1.0, 10) == pytest.approx(
+        statistics.NormalDist().cdf(math.sqrt(10) - t975(9)))
+    # a t-interval of 4 seeds with half-width t975(3) * 2 / 2: sd 2
+    half = t975(3) * 2 / 2
+    assert sd_from_t_ci((1 - half, 1 + half), 4) == pytest.approx(2.0)
