@@ -28,11 +28,11 @@ OK, WARNING, ALARM = range(3)
 
 @dataclass
 class Alarm:
-    warmup: int = 5
-    halflife: float = 3.0
-    warning: float = 0.5
-    threshold: float = 1.0
-    patience: int = 2
+    warmup: int  # the parameters (their defaults: config.AlarmConfig)
+    halflife: float
+    warning: float
+    threshold: float
+    patience: int
     # what it has seen
     smoothed: float | None = None
     floor: float | None = None

@@ -280,7 +280,7 @@ class DriverState:
     steps: int = 0  # learner versions published
     restarts: dict[str, int] = field(default_factory=dict)  # by Ray, per role
     replacements: dict[str, int] = field(default_factory=dict)  # new actors, per role
-    alarm: Alarm = field(default_factory=Alarm)  # the over-optimisation alarm's state
+    alarm: Alarm | None = None  # the over-optimisation alarm's state
     candidate: int | None = None  # newest checkpoint step taken while the alarm was ok
     recommended: int | None = None  # the candidate when the alarm fired
 
@@ -288,13 +288,13 @@ class DriverState:
         """This state with the prompts' (`cursor`: the next new prompt id)."""
         return {"steps": self.steps, "cursor": cursor, "ledger": ledger.to_json(),
                 "restarts": self.restarts, "replacements": self.replacements,
-                "alarm": self.alarm.to_json(), "candidate": self.candidate,
+                "alarm": self.alarm and self.alarm.to_json(), "candidate": self.candidate,
                 "recommended": self.recommended}
 
     @classmethod
     def from_json(cls, d: dict) -> tuple[DriverState, Ledger, int]:
         """(the state, the ledger, the cursor) of `to_json`'s dict."""
         state = cls(d["steps"], d["restarts"], d.get("replacements", {}),
-                    Alarm.from_json(d["alarm"]) if "alarm" in d else Alarm(),
+                    Alarm.from_json(d["alarm"]) if d.get("alarm") else None,
                     d.get("candidate"), d.get("recommended"))
         return state, Ledger.from_json(d["ledger"]), d["cursor"]

@@ -247,13 +247,13 @@ class AlarmConfig(Strict):
         "rotate out; raylign export --recommended); stop = mark, then checkpoint and stop")
     warmup: StrictInt = Field(5, ge=1, description="steps before the disagreement floor is "
                               "tracked (the score is 0 until then)")
-    halflife: float = Field(3.0, gt=0, description="half-life, in steps, of the smoothing of "
+    halflife: float = Field(2.0, gt=0, description="half-life, in steps, of the smoothing of "
                             "the disagreement")
-    warning: float = Field(0.5, gt=0, description="score at which the state is warning")
-    threshold: float = Field(1.0, gt=0, description="score at which, held for `patience` "
+    warning: float = Field(0.05, gt=0, description="score at which the state is warning")
+    threshold: float = Field(0.1, gt=0, description="score at which, held for `patience` "
                              "steps, the state is alarm (score = smoothed disagreement / its "
-                             "floor - 1)")
-    patience: StrictInt = Field(2, ge=1, description="steps in a row at or above threshold")
+                             "floor - 1); the defaults are the ones tuned in docs/alarm.md")
+    patience: StrictInt = Field(1, ge=1, description="steps in a row at or above threshold")
 
     @model_validator(mode="after")
     def _levels(self) -> AlarmConfig:

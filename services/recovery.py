@@ -19,7 +19,7 @@ from ray.exceptions import GetTimeoutError, RayError
 from tqdm import tqdm
 
 from actors.fleet import Member
-from services.alarm import OK
+from services.alarm import OK, Alarm
 from services.checkpoint import (
     CheckpointError,
     DriverState,
@@ -186,6 +186,7 @@ class Recovery:
             for role, n in theirs.items():
                 mine[role] = max(mine.get(role, 0), n)
         saved.restarts, saved.replacements = self.state.restarts, self.state.replacements
+        saved.alarm = saved.alarm or Alarm(**self.cfg.alarm.params())  # saved without one
         self.state = saved
         self.flow.rewind(ledger, cursor)  # checked; its pending ids are queued again
 

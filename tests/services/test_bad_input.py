@@ -38,7 +38,7 @@ MICRO = "deploy/configs/micro.yaml"
     ("learner.steps=true", "learner.steps: Input should be a valid integer, got True"),
     ("learner.samples_per_step=1e9", "learner.samples_per_step: Input should be a valid "
                                      "integer, got '1e9'"),
-    ("alarm.warning=2", "alarm.warning (2.0) must be <= alarm.threshold (1.0)"),
+    ("alarm.warning=2", "alarm.warning (2.0) must be <= alarm.threshold (0.1)"),
     ("alarm.action=halt", "alarm.action: must be one of 'none', 'mark' or 'stop', got 'halt'"),
     ("alarm.threshold=0", "alarm.threshold: must be > 0.0, got 0"),
 ])
