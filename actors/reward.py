@@ -23,7 +23,7 @@ import ray
 import torch
 from ray.exceptions import RayError
 
-from actors.fleet import ActorGroup, Member, nice_options, process_info, use_assigned_cpus
+from actors.fleet import ActorGroup, Member, process_info, use_assigned_cpus
 from actors.records import Sample, ScoredSample
 from actors.scoring import RewardScorer, load_callable
 from learner.ensemble import aggregate
@@ -149,16 +149,24 @@ class _Job:
     started: float = field(default_factory=time.monotonic)
 
 
+def combiner_actor(**options) -> Any:
+    """A `Combiner` actor with no CPU of its own, restarted (and its calls retried) by Ray;
+    `options`: more Ray actor options (name, namespace, resources, runtime_env)."""
+    return ray.remote(Combiner).options(num_cpus=0, max_restarts=-1, max_task_retries=-1,
+                                        **options).remote()
+
+
 class RewardPool:
     """K member groups (replicas scale together) and the batches being scored.
 
     make_member(k, name) starts one actor of member k; combine: keyword arguments of
-    `combine_scores`; on_failure(member, error) hears of every failed member call; nice: the
-    combiner's niceness (the members': `make_member`).
+    `combine_scores`; on_failure(member, error) hears of every failed member call;
+    make_combiner() starts the `Combiner` actor (default: one with no CPU, restarted by Ray).
     """
 
     def __init__(self, k: int, make_member: Callable[[int, str], Any], combine: dict,
-                 on_failure: Callable[[Member, Exception], None], nice: int = 0) -> None:
+                 on_failure: Callable[[Member, Exception], None],
+                 make_combiner: Callable[[], Any] | None = None) -> None:
         self.groups = [ActorGroup(f"reward{i}", lambda name, i=i: make_member(i, name))
                        for i in range(k)]
         self.combine_kw = combine
@@ -166,8 +174,7 @@ class RewardPool:
         # A long-lived actor, not a task: Ray kills idle task workers past its soft limit (the
         # CPU count) after a second, so with many actors each combine would start a new
         # process that imports torch again (seconds of CPU per batch).
-        self.combiner = ray.remote(Combiner).options(
-            num_cpus=0, max_restarts=-1, max_task_retries=-1, **nice_options(nice)).remote()
+        self.combiner = (make_combiner or combiner_actor)()
         self.queued: list[tuple[Any, ray.ObjectRef, dict | None]] = []  # waiting for replicas
         self.jobs: dict[ray.ObjectRef, _Job] = {}  # combine ref -> its job
         self.blocked_since: float | None = None  # batches wait: a member has no ready replica

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from actors.fleet import ActorGroup, Member, nice_options
 from actors.learner import LearnerActor
-from actors.reward import RewardMember, RewardPool, RewardSpec
+from actors.reward import RewardMember, RewardPool, RewardSpec, combiner_actor
 from actors.rollout import RolloutWorker
 from actors.scoring import pad_token_id
 from services.config import ConfigError, Placement, RunConfig, model_dtype
@@ -80,7 +80,9 @@ class Fleet:
         return RewardPool(len(specs), lambda k, name: remote(
             RewardMember, rc, f"{self.cfg.name}:{name}", self.cfg.cluster.namespace).remote(
                 k, specs[k], rc.batch_size), combine_options(self.cfg, self.task), on_failure,
-            nice=rc.nice)
+            make_combiner=lambda: combiner_actor(
+                name=f"{self.cfg.name}:combiner", namespace=self.cfg.cluster.namespace,
+                resources=rc.resources or None, **nice_options(rc.nice)))
 
 
 def learner_args(cfg: RunConfig, task: Task, tokenizer) -> dict:
