@@ -77,7 +77,9 @@ def render(out: Path, doc: Path) -> None:
         lines.append(f"Seeds: {res['seeds']}; {len(res.get('run_seconds') or {})} training runs "
                      f"({train_min:.1f} min of training); this invocation "
                      f"{res['seconds'] / 60:.1f} min (finished {res.get('finished', '?')}; "
-                     f"world `{res.get('world', '?')}`, "
+                     f"world `{res.get('world', '?')}`"
+                     + (f" (digest `{res['world_digest'][:12]}`)" if res.get("world_digest")
+                        else "") + ", "
                      f"commit `{res.get('commit', '?')}`).\n")
         lines.append(res["section"])
         facts = res.get("world_facts") or _world_facts(res.get("world"))
