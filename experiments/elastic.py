@@ -26,6 +26,12 @@ Claims and verdict rules (`experiments.common.verdict`; smallest effect of inter
    Excess(elastic) − Excess(reset_ema), paired t-intervals. Held if held against both;
    refuted if refuted against either; otherwise inconclusive.
 Reported beside them, with no verdict: the same excesses with KL to init as the drift axis.
+
+Power (computed after the runs of 2026-11-30, from their intervals:
+`experiments.common.power_at`, `seeds_for_power`; docs/results/NOTES.md): ER − PPO front: s.d.
+0.182 over 4 seeds gave power 0.00 at 0.03 (290 seeds for 80%); ER − reset_ema: s.d. 0.097, 84
+seeds. Not decidable at 0.03 within 3 hours (about 13 seeds for six arms); the effects seen
+(−0.30, −0.24) are decidable with 5-6 seeds.
 """
 
 from __future__ import annotations

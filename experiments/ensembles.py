@@ -20,6 +20,12 @@ Verdict rules (`experiments.common.verdict`, smallest effect of interest 0.03 go
 - PPO: the paired t-interval over seeds of (aggregate − single) endpoint gold, for min and for
   uwo: held if held for both; refuted if refuted for both; otherwise inconclusive.
 - BoN: the same rule on (aggregate − single) at n = 256, intervals over prompts.
+
+Power (computed after the runs of 2026-11-30, from their intervals:
+`experiments.common.power_at`, `seeds_for_power`; docs/results/NOTES.md): uwo − single: s.d.
+0.131 over 4 seeds gave power 0.00 at 0.03; 80% power needs 153 seeds at 0.03, 21 at the
+observed +0.08; min − single: s.d. 0.239, 501 seeds at 0.03, 42 at +0.11. Not decidable at 0.03
+within 3 hours of this machine (about 39 seeds for two arms).
 """
 
 from __future__ import annotations

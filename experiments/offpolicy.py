@@ -15,6 +15,12 @@ Design (written before the run):
 Verdict rule (`experiments.common.verdict`; smallest effect of interest 0.03 gold): the paired
 t-intervals of degradation = sync − stale_none and recovery = stale_tis − stale_none. Held if
 both are held; refuted if either is refuted; otherwise inconclusive.
+
+Power (computed after the runs of 2026-11-30, from their intervals:
+`experiments.common.power_at`, `seeds_for_power`; docs/results/NOTES.md): recovery (tis −
+none): s.d. 0.054 over 4 seeds gave power 0.02 at 0.03; 80% power needs 28 seeds at 0.03, 7 at
+the observed +0.07; degradation: 47 and 5. Not decidable at 0.03 within 3 hours (about 26 seeds
+for three arms).
 """
 
 from __future__ import annotations

@@ -17,6 +17,12 @@ Design (written before the run):
 Verdict rule (`experiments.common.verdict`; smallest effect of interest 0.03 gold): the paired
 t-interval over seeds of soup − sft for each endpoint; held if held for both, refuted if
 refuted for both, otherwise inconclusive.
+
+Power (computed after the runs of 2026-11-30, from their intervals:
+`experiments.common.power_at`, `seeds_for_power`; docs/results/NOTES.md): soup − sft at matched
+KL: s.d. 0.092 over 6 seeds gave power 0.04 at 0.03; 80% power needs 75 seeds at 0.03, 27 at
+the observed +0.05; at step 30: 45 and 162. Not decidable at 0.03 within 3 hours (about 39
+seeds for two arms).
 """
 
 from __future__ import annotations
