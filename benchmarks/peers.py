@@ -1,7 +1,8 @@
 """Figure 8, peers: TRL's GRPOTrainer in one process vs raylign's train() with the grpo
 estimator, and with the default PPO+GAE estimator (a critic) as a second row.
 
-    .venv/bin/python -m benchmarks.peers [--steps S] [--repeats R]   (the `peers` extra: trl)
+    .venv/bin/python -m benchmarks.peers [--steps S] [--repeats R] [--world-seed W]
+                                                                      (the `peers` extra: trl)
     make bench                                                        (installs it; figure 8)
 
 The same tiny world, the same start policy, the same prompt order (the task's prompt stream,
@@ -52,7 +53,7 @@ def _steady(times: list[float]) -> float:
     return (len(times) - 1) * BATCH / (times[-1] - times[0]) if len(times) > 1 else 0.0
 
 
-def run_trl(settings: Settings, steps: int, last: int) -> dict:
+def run_trl(settings: Settings, steps: int, last: int, *extra: str) -> dict:
     import datasets
     import torch
     import trl
@@ -64,7 +65,7 @@ def run_trl(settings: Settings, steps: int, last: int) -> dict:
     from tasks import load_task
 
     torch.set_num_threads(os.cpu_count() or 1)
-    cfg = _cfg(settings, steps)
+    cfg = _cfg(settings, steps, *extra)
     task = load_task(cfg)
     start = cfg.start_dir(task)
     members = [RewardMember(k, spec, cfg.reward.batch_size)
@@ -147,8 +148,10 @@ def run_raylign(settings: Settings, steps: int, last: int, *extra: str) -> dict:
 GOALS = {"grpo": 1.0, "gae": 0.6}  # raylign / TRL steady samples/s (issue: performance)
 
 
-def measure(settings: Settings, steps: int, last: int, repeats: int) -> dict:
-    """Every arm `repeats` times, alternating; stats, ratios paired by repeat, goals."""
+def measure(settings: Settings, steps: int, last: int, repeats: int,
+            world: tuple[str, ...] = ()) -> dict:
+    """Every arm `repeats` times, alternating; stats, ratios paired by repeat, goals. `world`:
+    overrides of the task (e.g. task.seed=7: another build of the tiny world)."""
     try:
         import trl  # noqa: F401
     except ImportError as e:
@@ -156,12 +159,14 @@ def measure(settings: Settings, steps: int, last: int, repeats: int) -> dict:
                           "(make bench installs it)") from e
     runs: dict[str, list[dict]] = {"trl": [], "grpo": [], "gae": []}
     for _ in tqdm(range(repeats), desc="peers", unit="repeat"):
-        runs["trl"].append(run_trl(settings, steps, last))
+        runs["trl"].append(run_trl(settings, steps, last, *world))
         for arm in ("grpo", "gae"):
-            runs[arm].append(run_raylign(settings, steps, last, f"learner.estimator={arm}"))
+            runs[arm].append(run_raylign(settings, steps, last, *world,
+                                         f"learner.estimator={arm}"))
     out: dict = {"what": "steady-state samples/s and gold at equal samples: TRL GRPOTrainer in "
                          "one process vs raylign train() (grpo; gae)",
-                 "config": settings.config, "steps": steps, "gold_last_steps": last,
+                 "config": settings.config, "world": list(world), "steps": steps,
+                 "gold_last_steps": last,
                  "samples_per_step": BATCH, "prompts_per_step": PROMPTS, "generations": GROUP,
                  "repeats": repeats, "trl_version": runs["trl"][0]["trl"], "runs": runs,
                  "arms": {arm: {k: stats([r[k] for r in rs]) for k in
@@ -219,13 +224,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--last", type=int, default=3, help="steps the gold mean is taken over")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="the micro world (a smoke run)")
+    p.add_argument("--world-seed", type=int, help="build seed of the tiny world (task.seed; "
+                   "default: the config's)")
     p.add_argument("--out", default=str(REPO / "benchmarks/results"), help="results directory")
     a = p.parse_args(argv)
     settings = Settings.make(a.quick)
-    out = {**measure(settings, a.steps, a.last, a.repeats), "machine": machine(),
+    world = () if a.world_seed is None else (f"task.seed={a.world_seed}",)
+    out = {**measure(settings, a.steps, a.last, a.repeats, world), "machine": machine(),
            "load_avg_end": os.getloadavg()}
     print("\n".join(table(out)))
-    path = Path(a.out) / f"{time.strftime('%Y-%m-%d')}-peers{'-quick' if a.quick else ''}.json"
+    tag = ("-quick" if a.quick else "") + ("" if a.world_seed is None else f"-w{a.world_seed}")
+    path = Path(a.out) / f"{time.strftime('%Y-%m-%d')}-peers{tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1, default=str))
     print(f"wrote {path}")
