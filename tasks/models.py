@@ -125,18 +125,25 @@ def pack_blocks(docs: list[list[int]], block: int) -> torch.Tensor:
     return torch.tensor(stream[: n * block], dtype=torch.long).view(n, block)
 
 
-def lm_batches(docs: list[list[int]], batch_size: int, epochs: float, seed: int, pad_id: int):
-    """Shuffled, right-padded (ids, mask, labels) batches over `epochs` passes (data order =
-    seed)."""
+def shuffled_batches(n: int, batch_size: int, steps: int, seed: int):
+    """`steps` batches of `batch_size` indices into n items: passes over a fresh shuffle each
+    (rng = seed), a batch running on into the next pass where one ends."""
     rng = random.Random(seed)
-    total = int(math.ceil(len(docs) * epochs / batch_size))
     order: list[int] = []
-    for _ in range(total):
+    for _ in range(steps):
         if len(order) < batch_size:
-            perm = list(range(len(docs)))
+            perm = list(range(n))
             rng.shuffle(perm)
             order += perm
         idx, order = order[:batch_size], order[batch_size:]
+        yield idx
+
+
+def lm_batches(docs: list[list[int]], batch_size: int, epochs: float, seed: int, pad_id: int):
+    """Shuffled, right-padded (ids, mask, labels) batches over `epochs` passes (data order =
+    seed)."""
+    total = int(math.ceil(len(docs) * epochs / batch_size))
+    for idx in shuffled_batches(len(docs), batch_size, total, seed):
         ids, mask = pad_batch([docs[i] for i in idx], pad_id)
         yield ids, mask, ids.masked_fill(mask == 0, -100)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from actors.scoring import POOLING, encode_inputs, reward_forward
-from tasks.models import save_model, train_loop
+from tasks.models import save_model, shuffled_batches, train_loop
 
 HEAD_LR_SCALE = 10.0
 
@@ -112,16 +112,9 @@ def train_reward_model(
         model.score.weight.normal_(0.0, 0.02, generator=gen)
     max_len = int(model.config.max_position_embeddings)
     enc = _encode_pairs(tokenizer, pairs, max_len)
-    rng = random.Random(seed)
     n_steps = max(1, int(len(enc) * epochs / batch_size))
-    batches, order = [], []
-    for _ in range(n_steps):
-        if len(order) < batch_size:
-            perm = list(range(len(enc)))
-            rng.shuffle(perm)
-            order += perm
-        idx, order = order[:batch_size], order[batch_size:]
-        batches.append([enc[i] for i in idx])
+    batches = [[enc[i] for i in idx]
+               for idx in shuffled_batches(len(enc), batch_size, n_steps, seed)]
 
     def bt_loss(m, batch):
         r = reward_forward(m, [c for c, _ in batch] + [r for _, r in batch], tokenizer.pad_token_id)
