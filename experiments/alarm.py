@@ -42,11 +42,11 @@ from experiments.common import (
     bon_samples,
     fmt,
     heldout_points,
+    paired_t_ci,
     pyplot,
     run_arm,
     save_fig,
     seed_rows,
-    t975,
 )
 from services.alarm import Alarm, replay
 
@@ -193,17 +193,6 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, mid - half), min(1.0, mid + half)
 
 
-def mean_ci(xs: list[float]) -> tuple[float, float, float]:
-    """(mean, lower, upper): a t interval over runs (nan bounds with fewer than 2)."""
-    if not xs:
-        return math.nan, math.nan, math.nan
-    m = statistics.fmean(xs)
-    if len(xs) < 2:
-        return m, math.nan, math.nan
-    half = t975(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
-    return m, m - half, m + half
-
-
 def goal_status(value: float, lo: float, hi: float, goal: float, at_least: bool
                 ) -> tuple[str, str]:
     """("met" / "not met" by the point estimate, "decided" / "not decided" by the interval)."""
@@ -217,7 +206,9 @@ def goal_status(value: float, lo: float, hi: float, goal: float, at_least: bool
 def verdicts(s: dict) -> tuple[list[dict], list[str]]:
     det = s["detected"] / s["overoptimised"] if s["overoptimised"] else math.nan
     fa = s["false_alarms"] / s["clean"] if s["clean"] else math.nan
-    share, share_lo, share_hi = mean_ci(s["kept_share"])
+    shares = s["kept_share"]
+    share = statistics.fmean(shares) if shares else math.nan
+    share_lo, share_hi = paired_t_ci(shares, [0.0] * len(shares))  # a t interval over runs
     final = statistics.fmean(s["final_share"]) if s["final_share"] else math.nan
     rows = [("detection rate (fires at or before the fall)", det,
              wilson(s["detected"], s["overoptimised"]), "detection", True,

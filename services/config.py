@@ -263,9 +263,8 @@ class AlarmConfig(Strict):
         return self
 
     def params(self) -> dict:
-        """The Alarm's parameters."""
-        return {k: getattr(self, k) for k in
-                ("warmup", "halflife", "warning", "threshold", "patience")}
+        """The Alarm's parameters: every field but the action."""
+        return self.model_dump(exclude={"action"})
 
 
 class BroadcastConfig(Strict):
