@@ -157,7 +157,7 @@ class Recovery:
             self.storage, state.steps, self._driver_state(),
             lambda d: self._get(self.learner.save.remote(str(d))), self.cfg.checkpoint.keep,
             extra, protect)
-        if state.alarm.state == OK and state.alarm.fired_at is None:
+        if state.alarm.state == OK:  # (never again once it fired: the alarm is latched)
             state.candidate = state.steps  # the newest checkpoint while the alarm is ok
         return ckpt
 
