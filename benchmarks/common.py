@@ -58,7 +58,7 @@ class Settings:
                    rollout_workers=(1, 2), rollout_batches=6, broadcast_readers=(1, 2, 4, 8),
                    big_model=BIG_MODEL, big_repeats=5, overlap_steps=5,
                    overlap_repeats=5, driver_child=True, scaling_workers=(1, 2, 3, 4),
-                   scaling_repeats=2, scaling_segment=6, peer_repeats=3)
+                   scaling_repeats=2, scaling_segment=6, peer_repeats=2)
 
 
 # ~100M parameters, random init, no download: 12 x (4 x 768^2 + 3 x 768 x 2048) + 2 x 8192 x 768

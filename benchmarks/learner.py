@@ -149,7 +149,9 @@ def step_passes(settings, cfg, world, batch, threads: int, pad: int) -> dict:
     """The step with and without each optional pass, timed alternately in one process: the
     KL reference forward (kl.coef > 0 uses it; the initial weights serve the drift metric
     too when it is the reference), the drift metric's forward of the initial weights
-    (learner.drift_every), and what a per-step copy of the trainable state would cost."""
+    (learner.drift_every), the proximal log-probs' recompute forward (off_policy tis: samples
+    may be stale, or come from another engine or dtype; with none the engine's behaviour
+    log-probs stand in), and what a per-step copy of the trainable state would cost."""
     import copy
     import dataclasses
 
@@ -160,16 +162,17 @@ def step_passes(settings, cfg, world, batch, threads: int, pad: int) -> dict:
 
     lc = cfg.learner
     coef = lc.kl.coef or 0.05
-    variants = {  # name: (kl.coef, drift_every)
-        "kl in use (reference forward)": (coef, 1),
-        "kl.coef 0, drift every step (init forward)": (0.0, 1),
-        "kl.coef 0, drift_every 0 (neither)": (0.0, 0),
+    variants = {  # name: (kl.coef, drift_every, off_policy)
+        "kl in use (reference forward)": (coef, 1, "none"),
+        "kl.coef 0, drift every step (init forward)": (0.0, 1, "none"),
+        "kl.coef 0, drift_every 0 (neither)": (0.0, 0, "none"),
+        "neither, proximal recompute (off_policy tis)": (0.0, 0, "tis"),
     }
     torch.set_num_threads(threads)
     trainers = {}
-    for name, (c, every) in variants.items():
-        settings_v = dataclasses.replace(lc, kl=dataclasses.replace(lc.kl, coef=c,
-                                                                    adaptive=False))
+    for name, (c, every, off) in variants.items():
+        settings_v = dataclasses.replace(lc, off_policy=off, kl=dataclasses.replace(
+            lc.kl, coef=c, adaptive=False))
         policy, _ = build_policy(world.sft_dirs[0], [], init="sft")
         trainers[name] = PPOTrainer(policy, settings_v, pad_token_id=pad,
                                     temperature=cfg.rollout.sampling.temperature,

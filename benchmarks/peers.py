@@ -1,59 +1,107 @@
 """Figure 8, peers: TRL's GRPOTrainer in one process vs raylign's train() with the grpo
 estimator, and with the default PPO+GAE estimator (a critic) as a second row.
 
-    .venv/bin/python -m benchmarks.peers [--steps S] [--repeats R] [--world-seed W]
-                                                                      (the `peers` extra: trl)
-    make bench                                                        (installs it; figure 8)
+    .venv/bin/python -m benchmarks.peers [--worlds 0 7 13] [--steps 30] [--repeats 2]
+                                         [--prompts 8 --generations 8] [--model 100m]
+    make bench                            (installs the `peers` extra, trl; figure 8)
 
 The same tiny world, the same start policy, the same prompt order (the task's prompt stream,
 ids 0, 1, 2, ...), the same reward (raylign's K reward members in-process, aggregated by
-`combine_scores` with the run's aggregation), the same batch (64 completions a step: 8 prompts
-x 8 generations), the same sampling (24 new tokens at most, temperature 1, no top-k/top-p),
-one optimiser step per generation round (TRL: num_iterations 1, one 64-sample micro-batch;
-raylign: ppo_epochs 1, minibatch 64), no KL term (TRL beta 0, raylign kl.coef 0), lr and
-clip alike, Adam without weight decay, a constant lr.
+`combine_scores` with the run's aggregation), the same batch (prompts x generations
+completions a step, 8 x 8 by default), the same sampling (24 new tokens at most, temperature
+1, no top-k/top-p), one optimiser step per generation round (TRL: num_iterations 1, one
+micro-batch of the whole batch; raylign: ppo_epochs 1, one minibatch), no KL term (TRL beta 0,
+raylign kl.coef 0, and no per-step drift metric: learner.drift_every 0), lr and clip alike,
+Adam without weight decay, a constant lr.
 
-The PPO+GAE row changes only `learner.estimator` (the same batch, one epoch, no KL). Each
-repeat runs TRL (this process, torch on every core), then raylign grpo, then raylign gae
-(embedded Ray, the run config's actors); ratios are paired by repeat. Steady samples/s =
-(steps - 1) x 64 / (time of the last step's end - time of the first step's end), for every
-arm; gold = the world's gold scorer on the training samples,
-the mean over the last `last` steps.
+Each world build (task.seed) is run `repeats` times with run seeds 0, 1, ...; a repeat runs
+TRL (this process, torch on every core), then raylign grpo, then raylign gae (embedded Ray,
+the run config's actors), all with the same seed. Both sides are timed the same way: steady
+samples/s = (steps - 1) x batch / (last step's end - first step's end), and the whole run
+= steps x batch / wall seconds from loading the models to the end (raylign: the train() call,
+the actors' start included; the Ray session, started once per process, is not counted).
+Gold = the world's gold scorer on the training samples, the mean over the last `last` steps;
+the gold difference raylign - TRL is paired by (world, seed) and given a 95% t-interval.
+
+`--model 100m`: the policy is a randomly initialised Qwen2 of about 100M parameters (the
+shape of learner/shapes.py's 100m with the tiny world's tokenizer: 16 layers of hidden 768),
+where generation and the update both cost seconds; the row reports speed only (a random
+model's gold means nothing).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from benchmarks.common import REPO, Settings, init_ray, load_cfg, machine, stats
+from experiments.common import paired_t_ci
 
-GROUP = 8  # generations per prompt
-PROMPTS = 8  # prompts per step
-BATCH = GROUP * PROMPTS
+WORLDS = (0, 7, 13)  # tiny-world build seeds (task.seed) of the full figure
+BIG = dict(num_hidden_layers=16)  # learner/shapes.py's 100m shape, tiny-world vocabulary
+GOALS = {"grpo": 1.0, "gae": 0.6}  # raylign / TRL steady samples/s on every world
+BIG_GOALS = {"grpo": 1.3}  # the ~100M row: where overlapping generation and update should pay
 
 
-def _cfg(settings: Settings, steps: int, *extra: str):
-    return load_cfg(settings, "learner.estimator=grpo", f"rollout.sampling.n={GROUP}",
+@dataclass(frozen=True)
+class Batch:
+    """One generation round: `prompts` x `generations` completions, one optimiser step."""
+
+    prompts: int = 8
+    generations: int = 8
+
+    @property
+    def samples(self) -> int:
+        return self.prompts * self.generations
+
+
+def _cfg(settings: Settings, steps: int, batch: Batch, *extra: str):
+    return load_cfg(settings, "learner.estimator=grpo", f"rollout.sampling.n={batch.generations}",
                     "rollout.sampling.max_new_tokens=24", "rollout.sampling.temperature=1.0",
-                    f"learner.samples_per_step={BATCH}", f"learner.minibatch_size={BATCH}",
-                    "learner.ppo_epochs=1", "learner.kl.coef=0",
+                    f"learner.samples_per_step={batch.samples}",
+                    f"learner.minibatch_size={batch.samples}", "learner.ppo_epochs=1",
+                    "learner.kl.coef=0", "learner.drift_every=0",
                     "learner.elastic_reset.enabled=false", f"learner.steps={steps}",
                     "checkpoint.every=0", *extra)
 
 
-def _steady(times: list[float]) -> float:
-    return (len(times) - 1) * BATCH / (times[-1] - times[0]) if len(times) > 1 else 0.0
+def _steady(times: list[float], batch: Batch) -> float:
+    return (len(times) - 1) * batch.samples / (times[-1] - times[0]) if len(times) > 1 else 0.0
 
 
-def run_trl(settings: Settings, steps: int, last: int, *extra: str) -> dict:
+def big_policy(settings: Settings, *world: str) -> Path:
+    """The ~100M-parameter policy (random init, fp32, the world's tokenizer), built once per
+    world under the world cache; returns its HF model dir."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from learner.shapes import build_model_dir
+    from tasks import load_task
+
+    task = load_task(load_cfg(settings, *world))
+    out = Path(task.tokenizer_dir).parent / "peers-100m"
+    if (out / "config.json").is_file():
+        return out
+    tok = AutoTokenizer.from_pretrained(task.tokenizer_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    build_model_dir(tmp, "100m", dtype=torch.float32, vocab_size=len(tok),
+                    pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                    bos_token_id=tok.bos_token_id, **BIG)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def run_trl(settings: Settings, steps: int, last: int, batch: Batch, *extra: str) -> dict:
     import datasets
     import torch
     import trl
@@ -65,7 +113,8 @@ def run_trl(settings: Settings, steps: int, last: int, *extra: str) -> dict:
     from tasks import load_task
 
     torch.set_num_threads(os.cpu_count() or 1)
-    cfg = _cfg(settings, steps, *extra)
+    t0 = time.perf_counter()  # the whole run: from loading the models, as raylign's
+    cfg = _cfg(settings, steps, batch, *extra)
     task = load_task(cfg)
     start = cfg.start_dir(task)
     members = [RewardMember(k, spec, cfg.reward.batch_size)
@@ -93,100 +142,139 @@ def run_trl(settings: Settings, steps: int, last: int, *extra: str) -> dict:
     model = AutoModelForCausalLM.from_pretrained(start, use_safetensors=True)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
-    prompts = [task.train.text(i) for i in range(steps * PROMPTS)]
+    prompts = [task.train.text(i) for i in range(steps * batch.prompts)]
     s = cfg.rollout.sampling
     with tempfile.TemporaryDirectory(prefix="raylign-peers-trl-") as tmp:
         args = trl.GRPOConfig(
-            output_dir=tmp, use_cpu=True, per_device_train_batch_size=BATCH,
-            gradient_accumulation_steps=1, num_generations=GROUP, num_iterations=1,
-            max_completion_length=s.max_new_tokens, temperature=s.temperature, top_p=1.0,
-            top_k=0, learning_rate=cfg.learner.lr, lr_scheduler_type="constant",
-            warmup_steps=0, weight_decay=0.0, max_grad_norm=cfg.learner.max_grad_norm,
-            epsilon=cfg.learner.clip_eps, beta=0.0, loss_type="dapo", scale_rewards="group",
-            max_steps=steps, logging_steps=1, report_to="none", save_strategy="no",
-            bf16=False, fp16=False, dataloader_num_workers=0, seed=cfg.seed,
-            shuffle_dataset=False, disable_dropout=True, log_completions=False)
+            output_dir=tmp, use_cpu=True, per_device_train_batch_size=batch.samples,
+            gradient_accumulation_steps=1, num_generations=batch.generations,
+            num_iterations=1, max_completion_length=s.max_new_tokens,
+            temperature=s.temperature, top_p=1.0, top_k=0, learning_rate=cfg.learner.lr,
+            lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+            max_grad_norm=cfg.learner.max_grad_norm, epsilon=cfg.learner.clip_eps, beta=0.0,
+            loss_type="dapo", scale_rewards="group", max_steps=steps, logging_steps=1,
+            report_to="none", save_strategy="no", bf16=False, fp16=False,
+            dataloader_num_workers=0, seed=cfg.seed, shuffle_dataset=False,
+            disable_dropout=True, log_completions=False)
         trainer = trl.GRPOTrainer(model=model, reward_funcs=reward, args=args,
                                   train_dataset=datasets.Dataset.from_dict({"prompt": prompts}),
                                   processing_class=tok, callbacks=[Clock()])
-        t0 = time.perf_counter()
         trainer.train()
         whole = time.perf_counter() - t0
     n = min(last, len(golds))
-    return {"steady_samples_per_s": _steady(times), "steps": len(times),
-            "whole_run_samples_per_s": len(times) * BATCH / whole,
-            "step_seconds": [b - a for a, b in zip([t0, *times], times)],
+    return {"steady_samples_per_s": _steady(times, batch), "steps": len(times),
+            "whole_run_samples_per_s": len(times) * batch.samples / whole,
+            "step_seconds": [b - a for a, b in zip(times, times[1:])],
             "gold_last": statistics.fmean(x for g in golds[-n:] for x in g),
             "proxy_last": statistics.fmean(x for g in proxies[-n:] for x in g),
             "gold_by_step": [statistics.fmean(g) for g in golds],
             "trl": trl.__version__, "torch_threads": torch.get_num_threads(),
-            "policy": str(start)}
+            "policy": str(start), "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def run_raylign(settings: Settings, steps: int, last: int, *extra: str) -> dict:
+def run_raylign(settings: Settings, steps: int, last: int, batch: Batch, *extra: str) -> dict:
     from services.bootstrap import train
 
     with tempfile.TemporaryDirectory(prefix="raylign-peers-") as tmp:
-        cfg = _cfg(settings, steps, f"run_dir={tmp}", "name=peers", *extra)
-        init_ray(num_cpus=cfg.cluster.num_cpus)
-        summary = train(cfg)
+        cfg = _cfg(settings, steps, batch, f"run_dir={tmp}", "name=peers", *extra)
+        init_ray(num_cpus=cfg.cluster.num_cpus)  # once per process, not timed
+        t0 = time.perf_counter()  # the whole run: the actors' start, the world's load, ...
+        train(cfg)
+        whole = time.perf_counter() - t0
         rows = [json.loads(x) for x in (cfg.path / "metrics.jsonl").read_text().splitlines()]
     times = [r["time"] for r in rows]
     n = min(last, len(rows))
-    return {"steady_samples_per_s": _steady(times), "steps": len(rows),
-            "whole_run_samples_per_s": len(rows) * BATCH / summary["seconds"],
+    return {"steady_samples_per_s": _steady(times, batch), "steps": len(rows),
+            "whole_run_samples_per_s": len(rows) * batch.samples / whole,
             "step_seconds": [b - a for a, b in zip(times, times[1:])],
             "gold_last": statistics.fmean(r["reward/gold"] for r in rows[-n:]),
             "proxy_last": statistics.fmean(r["reward/proxy"] for r in rows[-n:]),
             "gold_by_step": [r.get("reward/gold") for r in rows],
             "estimator": cfg.learner.estimator,
             "rollout_workers": cfg.rollout.replicas, "engine": cfg.rollout.engine,
-            "max_staleness": cfg.rollout.max_staleness,
+            "max_staleness": cfg.rollout.max_staleness, "learner_cpus": cfg.learner.num_cpus,
             "cluster_cpus": cfg.cluster.num_cpus}
 
 
-GOALS = {"grpo": 1.0, "gae": 0.6}  # raylign / TRL steady samples/s (issue: performance)
-
-
 def measure(settings: Settings, steps: int, last: int, repeats: int,
-            world: tuple[str, ...] = ()) -> dict:
-    """Every arm `repeats` times, alternating; stats, ratios paired by repeat, goals. `world`:
-    overrides of the task (e.g. task.seed=7: another build of the tiny world)."""
+            worlds: tuple[int | None, ...] = (None,), batch: Batch = Batch(),
+            model: str = "tiny", arms: tuple[str, ...] = ("grpo", "gae")) -> dict:
+    """For each world build (None: the config's) and seed 0..repeats-1: TRL, then each raylign
+    arm. Ratios and gold differences paired by (world, seed); goals per world."""
     try:
         import trl  # noqa: F401
     except ImportError as e:
         raise ImportError("the peer figure needs TRL: pip install -e '.[peers]' "
                           "(make bench installs it)") from e
-    runs: dict[str, list[dict]] = {"trl": [], "grpo": [], "gae": []}
-    for _ in tqdm(range(repeats), desc="peers", unit="repeat"):
-        runs["trl"].append(run_trl(settings, steps, last, *world))
-        for arm in ("grpo", "gae"):
-            runs[arm].append(run_raylign(settings, steps, last, *world,
-                                         f"learner.estimator={arm}"))
-    out: dict = {"what": "steady-state samples/s and gold at equal samples: TRL GRPOTrainer in "
-                         "one process vs raylign train() (grpo; gae)",
-                 "config": settings.config, "world": list(world), "steps": steps,
-                 "gold_last_steps": last,
-                 "samples_per_step": BATCH, "prompts_per_step": PROMPTS, "generations": GROUP,
+    big = model == "100m"
+    runs: dict[str, list[dict]] = {"trl": [], **{arm: [] for arm in arms}}
+    pairs = [(w, seed) for w in worlds for seed in range(repeats)]
+    for w, seed in tqdm(pairs, desc=f"peers ({model})", unit="repeat"):
+        extra = ([] if w is None else [f"task.seed={w}"])
+        if big:
+            extra.append(f"policy.model_dir={big_policy(settings, *extra)}")
+        extra.append(f"seed={seed}")
+        tag = {"world": w, "seed": seed}
+        runs["trl"].append({**tag, **run_trl(settings, steps, last, batch, *extra)})
+        for arm in arms:
+            runs[arm].append({**tag, **run_raylign(settings, steps, last, batch, *extra,
+                                                   f"learner.estimator={arm}")})
+    goals = BIG_GOALS if big else GOALS
+    out: dict = {"what": "steady samples/s, whole-run samples/s and gold at equal samples: TRL "
+                         "GRPOTrainer in one process vs raylign train()",
+                 "config": settings.config, "model": model, "worlds": list(worlds),
+                 "steps": steps, "gold_last_steps": last, "samples_per_step": batch.samples,
+                 "prompts_per_step": batch.prompts, "generations": batch.generations,
                  "repeats": repeats, "trl_version": runs["trl"][0]["trl"], "runs": runs,
                  "arms": {arm: {k: stats([r[k] for r in rs]) for k in
-                                ("steady_samples_per_s", "gold_last")}
-                          for arm, rs in runs.items()}}
-    trl_gold = out["arms"]["trl"]["gold_last"]["median"]
-    out["ratios"], out["goals"] = {}, {}
-    for arm, target in GOALS.items():
-        ratio = stats([r["steady_samples_per_s"] / t["steady_samples_per_s"]
-                       for r, t in zip(runs[arm], runs["trl"])])
-        gold = out["arms"][arm]["gold_last"]["median"]
-        out["ratios"][arm] = ratio
-        out["goals"][arm] = {"target": f">= {target}x TRL samples/s"
-                             + (" at equal or better gold" if arm == "grpo" else ""),
-                             "value": ratio["median"],
-                             "met": ratio["median"] >= target
-                             and (arm != "grpo" or gold >= trl_gold)}
-    out["goal"] = {"figure": "raylign grpo >= 1.0x and PPO+GAE >= 0.6x TRL GRPOTrainer",
+                                ("steady_samples_per_s", "whole_run_samples_per_s",
+                                 "gold_last")} for arm, rs in runs.items()},
+                 "ratios": {}, "whole_ratios": {}, "by_world": {}, "gold_diff": {},
+                 "goals": {}}
+    trl_runs = runs["trl"]
+    for arm in arms:
+        def ratio(key: str, rs=runs[arm]) -> list[float]:
+            return [r[key] / t[key] for r, t in zip(rs, trl_runs)]
+        out["ratios"][arm] = stats(ratio("steady_samples_per_s"))
+        out["whole_ratios"][arm] = stats(ratio("whole_run_samples_per_s"))
+        steady = ratio("steady_samples_per_s")
+        out["by_world"][arm] = {str(w): stats([x for x, r in zip(steady, runs[arm])
+                                               if r["world"] == w]) for w in worlds}
+        lo, hi = paired_t_ci([r["gold_last"] for r in runs[arm]],
+                             [t["gold_last"] for t in trl_runs])
+        mean = statistics.fmean(r["gold_last"] - t["gold_last"]
+                                for r, t in zip(runs[arm], trl_runs))
+        out["gold_diff"][arm] = {"mean": mean, "ci95": [lo, hi], "pairs": len(trl_runs)}
+        every = min(x["median"] for x in out["by_world"][arm].values())
+        gold_ok = big or arm != "grpo" or (not math.isnan(hi) and hi >= 0)
+        out["goals"][arm] = {
+            "target": f">= {goals[arm]}x TRL steady samples/s on every world"
+                      + ("" if big or arm != "grpo" else
+                         ", gold not lower (the paired interval reaches 0)"),
+            "value": every, "met": every >= goals[arm] and gold_ok}
+    out["goal"] = {"figure": ", ".join(f"raylign {a} >= {goals[a]}x TRL" for a in arms),
                    "met": all(g["met"] for g in out["goals"].values())}
     return out
+
+
+def settings_rows(out: dict) -> list[str]:
+    """The settings both sides ran with (printed beside the numbers)."""
+    t, r = out["runs"]["trl"][0], next(rs[0] for a, rs in out["runs"].items() if a != "trl")
+    worlds = ", ".join("config's" if w is None else str(w) for w in out["worlds"])
+    return ["| setting | both sides |", "|---|---|",
+            f"| policy | {out['model']} ({t['parameters'] / 1e6:.1f}M parameters) |",
+            f"| world builds (task.seed) x run seeds | {worlds} x {out['repeats']} |",
+            f"| steps; gold over the last | {out['steps']}; "
+            f"{min(out['steps'], out['gold_last_steps'])} |",
+            f"| batch | {out['prompts_per_step']} prompts x {out['generations']} = "
+            f"{out['samples_per_step']} completions, one optimiser step |",
+            "| sampling | 24 new tokens at most, temperature 1 |",
+            "| loss | clipped policy gradient, no KL, no drift metric, constant lr |",
+            f"| TRL {out['trl_version']} | one process, {t['torch_threads']} torch threads, "
+            "loss dapo, group-scaled rewards |",
+            f"| raylign | {r['rollout_workers']} rollout workers ({r['engine']} engine), "
+            f"max_staleness {r['max_staleness']}, learner {r['learner_cpus']} CPU, Ray "
+            f"{r['cluster_cpus']} CPUs |"]
 
 
 def table(out: dict) -> list[str]:
@@ -196,44 +284,65 @@ def table(out: dict) -> list[str]:
     def cell(x: dict, fmt: str) -> str:
         return f"{fmt.format(x['median'])} [{fmt.format(x['min'])}–{fmt.format(x['max'])}]"
 
-    rows = [f"| | samples/s (steady) | gold, last {last} steps | ratio ÷ TRL | goal | met |",
-            "|---|---|---|---|---|---|",
+    rows = [f"| | steady samples/s | whole run samples/s | gold, last {last} steps | "
+            "steady ÷ TRL, per world | whole run ÷ TRL | gold − TRL [95% CI] | goal | met |",
+            "|---|---|---|---|---|---|---|---|---|",
             f"| TRL {out['trl_version']} GRPOTrainer, one process | "
             f"{cell(a['trl']['steady_samples_per_s'], '{:.1f}')} | "
-            f"{cell(a['trl']['gold_last'], '{:.3f}')} | 1 | | |"]
-    for arm, name in (("grpo", "raylign train(), grpo"), ("gae", "raylign train(), PPO+GAE")):
-        g = out["goals"][arm]
-        rows.append(f"| {name} | {cell(a[arm]['steady_samples_per_s'], '{:.1f}')} | "
-                    f"{cell(a[arm]['gold_last'], '{:.3f}')} | "
-                    f"{cell(out['ratios'][arm], '{:.2f}')} | {g['target']} | "
+            f"{cell(a['trl']['whole_run_samples_per_s'], '{:.1f}')} | "
+            f"{cell(a['trl']['gold_last'], '{:.3f}')} | 1 | 1 | | | |"]
+    for arm in out["goals"]:
+        g, d = out["goals"][arm], out["gold_diff"][arm]
+        worlds = "; ".join(f"{'cfg' if w == 'None' else w}: {cell(x, '{:.2f}')}"
+                           for w, x in out["by_world"][arm].items())
+        lo, hi = d["ci95"]
+        rows.append(f"| raylign train(), {'PPO+GAE' if arm == 'gae' else arm} | "
+                    f"{cell(a[arm]['steady_samples_per_s'], '{:.1f}')} | "
+                    f"{cell(a[arm]['whole_run_samples_per_s'], '{:.1f}')} | "
+                    f"{cell(a[arm]['gold_last'], '{:.3f}')} | {worlds} | "
+                    f"{cell(out['whole_ratios'][arm], '{:.2f}')} | "
+                    f"{d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {g['target']} | "
                     f"{'yes' if g['met'] else '**no**'} |")
     return rows
 
 
 def run(settings: Settings, cfg_unused=None, world_unused=None) -> dict:
-    """Figure 8 of `python -m benchmarks` (not in --quick: TRL is an optional extra)."""
+    """Figure 8 of `python -m benchmarks` (not in --quick: TRL is an optional extra): the
+    tiny policy on every world of WORLDS at 30 steps, then the ~100M row on the first."""
     if not settings.peer_repeats:
         raise ValueError("the peer figure is not part of --quick; its smoke run is "
                          "python -m benchmarks.peers --quick")
-    return measure(settings, steps=8, last=3, repeats=settings.peer_repeats)
+    out = measure(settings, steps=30, last=10, repeats=settings.peer_repeats, worlds=WORLDS)
+    out["big"] = measure(settings, steps=12, last=5, repeats=1, worlds=WORLDS[:1],
+                         model="100m", arms=("grpo",))
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__)
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--last", type=int, default=3, help="steps the gold mean is taken over")
-    p.add_argument("--repeats", type=int, default=3)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--last", type=int, default=10, help="steps the gold mean is taken over")
+    p.add_argument("--repeats", type=int, default=2, help="run seeds per world")
+    p.add_argument("--worlds", type=int, nargs="+", help="tiny-world build seeds (task.seed); "
+                   f"default {' '.join(map(str, WORLDS))}, with --quick the config's")
+    p.add_argument("--prompts", type=int, default=Batch.prompts, help="prompts per step")
+    p.add_argument("--generations", type=int, default=Batch.generations,
+                   help="completions per prompt")
+    p.add_argument("--model", choices=("tiny", "100m"), default="tiny",
+                   help="the world's SFT policy, or a ~100M random-init Qwen2 (grpo arm only)")
     p.add_argument("--quick", action="store_true", help="the micro world (a smoke run)")
-    p.add_argument("--world-seed", type=int, help="build seed of the tiny world (task.seed; "
-                   "default: the config's)")
     p.add_argument("--out", default=str(REPO / "benchmarks/results"), help="results directory")
     a = p.parse_args(argv)
     settings = Settings.make(a.quick)
-    world = () if a.world_seed is None else (f"task.seed={a.world_seed}",)
-    out = {**measure(settings, a.steps, a.last, a.repeats, world), "machine": machine(),
-           "load_avg_end": os.getloadavg()}
-    print("\n".join(table(out)))
-    tag = ("-quick" if a.quick else "") + ("" if a.world_seed is None else f"-w{a.world_seed}")
+    worlds = tuple(a.worlds) if a.worlds else ((None,) if a.quick else WORLDS)
+    batch = Batch(a.prompts, a.generations)
+    arms = ("grpo",) if a.model == "100m" else ("grpo", "gae")
+    out = {**measure(settings, a.steps, a.last, a.repeats, worlds, batch, a.model, arms),
+           "machine": machine(), "load_avg_end": os.getloadavg()}
+    print("\n".join(settings_rows(out) + [""] + table(out)))
+    tag = "".join(["-quick" if a.quick else "", "" if a.model == "tiny" else f"-{a.model}",
+                   "" if batch == Batch() else f"-{batch.prompts}x{batch.generations}"])
     path = Path(a.out) / f"{time.strftime('%Y-%m-%d')}-peers{tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1, default=str))

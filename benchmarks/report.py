@@ -65,10 +65,11 @@ def summary_rows(res: dict) -> list[str]:
                        if "live_value" in g else "")
                     + f" | never falls | {'yes' if g['met'] else '**no**'} |")
     if "peers" in f:
-        for arm, g in f["peers"]["goals"].items():
-            rows.append(f"| 8. peers, raylign {arm} ÷ TRL GRPOTrainer, samples/s | "
-                        f"{_s(f['peers']['ratios'][arm])} | {g['target']} | "
-                        f"{'yes' if g['met'] else '**no**'} |")
+        for x in (f["peers"], f["peers"].get("big")):
+            for arm, g in (x or {}).get("goals", {}).items():
+                rows.append(f"| 8. peers, {x['model']} policy, raylign {arm} ÷ TRL "
+                            f"GRPOTrainer, steady samples/s | {_s(x['ratios'][arm])} | "
+                            f"{g['target']} | {'yes' if g['met'] else '**no**'} |")
     return rows
 
 
@@ -192,13 +193,12 @@ def detail(res: dict) -> list[str]:
                 out.append(f"| {n} | {x['steady']:.3g} | {x['whole']:.3g} | "
                            f"{x['learner_step_s']:.3g} |")
     if "peers" in f:
-        from benchmarks.peers import table
+        from benchmarks.peers import settings_rows, table
 
-        x = f["peers"]
-        out += ["", f"### 8. Peers (the same world, reward, batch of {x['samples_per_step']} = "
-                f"{x['prompts_per_step']} prompts x {x['generations']}, sampling, one optimiser "
-                f"step per round, no KL; {x['steps']} steps, {x['repeats']} repeats)", "",
-                *table(x)]
+        for x in (f["peers"], f["peers"].get("big")):
+            if x:
+                out += ["", f"### 8. Peers, {x['model']} policy ({x['steps']} steps)", "",
+                        *settings_rows(x), "", *table(x)]
     if "gpu" in f:
         g = f["gpu"]
         out += ["", f"### 7. GPU ({g['device']}, {g['parameters'] / 1e6:.0f}M parameters)", "",
