@@ -492,6 +492,42 @@ def seeds_for_power(effect: float, sd: float, power: float = 0.8, cap: int = 10_
     return next((n for n in range(2, cap) if effect * math.sqrt(n) / sd >= t975(n - 1) + z), cap)
 
 
+BUDGET_HOURS = 3.0  # what one full experiment may take on the 2-core machine it is run on
+RUN_MINUTES = 2.3  # one tiny-world run of 50 steps there (78 runs in 3 hours)
+
+
+@dataclass(frozen=True)
+class Power:
+    """A paired claim's power plan, fixed before its runs: the smallest effect of interest,
+    the s.d. of per-seed differences expected (from the runs already made), and the cost of
+    one seed (runs of RUN_MINUTES x the run's length in 50-step units)."""
+
+    claim: str
+    effect: float
+    sd: float
+    runs_per_seed: int
+    run_length: float = 1.0  # in 50-step runs
+
+    def at(self, seeds: int) -> float:
+        return power_at(self.effect, self.sd, seeds)
+
+    def seeds(self, power: float = 0.8) -> int:
+        return seeds_for_power(self.effect, self.sd, power)
+
+    def hours(self, seeds: int) -> float:
+        return seeds * self.runs_per_seed * self.run_length * RUN_MINUTES / 60
+
+    def decidable(self, budget_hours: float = BUDGET_HOURS) -> bool:
+        return self.hours(self.seeds()) <= budget_hours
+
+    def plan(self, seeds: int, budget_hours: float = BUDGET_HOURS) -> str:
+        need = self.seeds()
+        return (f"{self.claim}: effect {self.effect:g}, s.d. {self.sd:g}: {seeds} seeds give "
+                f"power {self.at(seeds):.2f}; 80% needs {need} seeds, "
+                f"{self.hours(need):.1f} h ({'within' if self.decidable(budget_hours) else 'over'}"
+                f" the {budget_hours:g} h budget)")
+
+
 def paired_t_ci(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     """95% t-interval of mean(a_i - b_i) over pairs (seeds shared by two arms), df = pairs - 1;
     NaN with fewer than 2 pairs."""

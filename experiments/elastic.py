@@ -40,6 +40,7 @@ import statistics
 
 from experiments.common import (
     Ctx,
+    Power,
     fmt,
     fmt_ci,
     front_at,
@@ -72,6 +73,10 @@ CLAIM_ABL = {
 }
 SEEDS = 4
 EFFECT = 0.03  # gold: the smallest effect of interest
+# s.d. of the per-seed differences in the runs of 2026-11-30 (docs/results/NOTES.md)
+POWER = (Power("ER − PPO front", EFFECT, sd=0.182, runs_per_seed=6),
+         Power("ER − reset_init", EFFECT, sd=0.159, runs_per_seed=6),
+         Power("ER − reset_ema", EFFECT, sd=0.097, runs_per_seed=6))
 PPO = ("ppo_b0.03", "ppo_b0.1", "ppo_b0.3")
 RESETS = ("elastic", "reset_init", "reset_ema")
 ARMS = (*PPO, *RESETS)

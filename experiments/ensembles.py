@@ -35,6 +35,7 @@ import statistics
 
 from experiments.common import (
     Ctx,
+    Power,
     aggregate_scores,
     bon_curve,
     bon_samples,
@@ -71,6 +72,9 @@ CLAIM_BON = {
 }
 SEEDS = 4
 EFFECT = 0.03  # gold: the smallest effect of interest
+# s.d. of the per-seed differences in the runs of 2026-11-30 (docs/results/NOTES.md)
+POWER = (Power("PPO: uwo − single, final gold", EFFECT, sd=0.131, runs_per_seed=3),
+         Power("PPO: min − single, final gold", EFFECT, sd=0.239, runs_per_seed=3))
 AGGS = {"min": ["reward.aggregation=min"],
         "uwo": ["reward.aggregation=uwo", "reward.uwo_lambda=0.1", "reward.ddof=1"]}
 BON_AGGS = {"min": ("min", 0.0), "uwo": ("uwo", 0.5)}

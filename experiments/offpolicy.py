@@ -29,6 +29,7 @@ import statistics
 
 from experiments.common import (
     Ctx,
+    Power,
     fmt,
     fmt_ci,
     heldout_gold_at_end,
@@ -53,6 +54,11 @@ CLAIM = {
 STALENESS = 3
 SEEDS = 4
 EFFECT = 0.03  # gold: the smallest effect of interest
+# s.d. of the per-seed differences in the runs of 2026-11-30 (docs/results/NOTES.md)
+POWER = (Power("sync − stale_none, final gold", EFFECT, sd=0.072, runs_per_seed=3,
+               run_length=0.6),
+         Power("stale_tis − stale_none, final gold", EFFECT, sd=0.054, runs_per_seed=3,
+               run_length=0.6))
 
 
 def sizes(ctx: Ctx) -> dict:

@@ -21,7 +21,15 @@ arm through `raylign train` (`services.bootstrap.train`) on the tiny world
 
 ## How to read this
 - **Design first.** Each experiment's design, endpoints and verdict rule are in its module
-  docstring (`experiments/NAME.py`), written before it ran; the JSON names the commit.
+  docstring (`experiments/NAME.py`), written before it ran. A full run needs a clean checkout
+  and runs from a git worktree of its commit (nothing committed or edited meanwhile reaches
+  it); the JSON names the full commit and the world build's content digest.
+- **Power before runs.** Each paired claim states its smallest effect of interest and the
+  s.d. of per-seed differences it expects (`POWER` in the module, from the runs already
+  made). `raylign experiment NAME` refuses a full run whose seeds give a claim less than 80%
+  power at that effect, and says how many seeds would, or that they do not fit a budget of 3
+  hours of the 2-core machine ("not decidable within budget"); `--underpowered` runs anyway.
+  The seeds column gives the power each result's seeds had.
 - **Verdicts** are `held | refuted | inconclusive`: held when the 95% interval of the predicted
   effect lies above 0 and its point estimate is at least the smallest effect of interest ("held,
   smaller than the effect of interest" when the estimate is smaller); refuted when the interval
@@ -37,6 +45,19 @@ arm through `raylign train` (`services.bootstrap.train`) on the tiny world
 """
 
 
+def seeds_and_power(mod, res: dict) -> str:
+    """"N seeds" and, for paired claims (the module's POWER), the power those seeds gave at
+    the smallest effect of interest, and the seeds 80% would need."""
+    from experiments import power_plan
+
+    plan = power_plan(mod, res["seeds"])
+    if not plan:
+        return f"{res['seeds']}"
+    return f"{res['seeds']} (" + "; ".join(
+        f"{p['claim'].split(',')[0]}: {p['power']:.2f} at {p['effect']:g}, 80% needs "
+        f"{p['seeds_for_80']}" for p in plan) + ")"
+
+
 def render(out: Path, doc: Path) -> None:
     from experiments import NAMES
 
@@ -46,19 +67,19 @@ def render(out: Path, doc: Path) -> None:
         if path.is_file():
             results[name] = json.loads(path.read_text())
     rel = os.path.relpath(Path(out).resolve(), Path(doc).resolve().parent)
-    lines = [HEADER, "| experiment | claim | setting | paper reported | we measured | verdict |",
-             "|---|---|---|---|---|---|"]
+    lines = [HEADER, "| experiment | claim | setting | paper reported | we measured | seeds "
+             "(power at the effect of interest) | verdict |", "|---|---|---|---|---|---|---|"]
     for name in NAMES:
         mod = importlib.import_module(f"experiments.{name}")
         res = results.get(name)
         if res is None:
             lines.append(f"| [{name}](#{name}) | {mod.CLAIM['claim']} | — | "
-                         f"{mod.CLAIM['paper']} | no results | not run |")
+                         f"{mod.CLAIM['paper']} | no results | — | not run |")
             continue
         for c in res["claims"]:
             verdict = c["verdict"] + (" (quick run: no evidence)" if res.get("quick") else "")
             lines.append(f"| [{name}](#{name}) | {c['claim']} | {c['setting']} | {c['paper']} "
-                         f"| {c['measured']} | **{verdict}** |")
+                         f"| {c['measured']} | {seeds_and_power(mod, res)} | **{verdict}** |")
     notes = Path(out) / "NOTES.md"  # hand-written reading of the numbers, if any
     if notes.is_file():
         lines += ["", notes.read_text().strip()]

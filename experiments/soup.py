@@ -31,6 +31,7 @@ import statistics
 
 from experiments.common import (
     Ctx,
+    Power,
     fmt,
     fmt_ci,
     heldout_points,
@@ -58,6 +59,10 @@ CLAIM = {
 SEEDS = 6
 WORLD = ["task.sft_data=disjoint"]
 EFFECT = 0.03  # gold: the smallest effect of interest
+# s.d. of the per-seed differences in the runs of 2026-11-30 (docs/results/NOTES.md)
+POWER = (Power("soup − sft, gold at step 30", EFFECT, sd=0.070, runs_per_seed=2, run_length=0.6),
+         Power("soup − sft, gold at matched KL", EFFECT, sd=0.092, runs_per_seed=2,
+               run_length=0.6))
 BETA = "0.05"
 
 

@@ -33,6 +33,7 @@ import statistics
 
 from experiments.common import (
     Ctx,
+    Power,
     fmt,
     fmt_ci,
     heldout_points,
@@ -57,6 +58,9 @@ CLAIM = {
 SEEDS = 4
 GOLD_EFFECT = 0.03  # gold
 DRIFT_EFFECT = 0.1  # held-out perplexity
+# s.d. of the per-seed differences in the runs of 2026-11-30 (docs/results/NOTES.md)
+POWER = (Power("together − plain_b0.01, gold area", GOLD_EFFECT, sd=0.077, runs_per_seed=3),
+         Power("together − plain_b0.1, gold area", GOLD_EFFECT, sd=0.061, runs_per_seed=3))
 PLAIN = ("plain_b0.01", "plain_b0.1")
 
 

@@ -96,8 +96,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         return 2
     try:
         result = exp.run_experiment(args.name, quick=args.quick, seeds=args.seeds, out=args.out,
-                                    allow_dirty=args.allow_dirty)
-    except exp.DirtyTree as e:
+                                    runs=args.runs, allow_dirty=args.allow_dirty,
+                                    underpowered=args.underpowered)
+    except (exp.DirtyTree, exp.Underpowered) as e:
         print(f"raylign: {e}", file=sys.stderr)
         return 2
     for claim in result["claims"]:
@@ -241,8 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds per arm (default: the experiment's SEEDS, else 3; quick 1)")
     p.add_argument("--out", default=None, help="JSON + PNG dir (default docs/results)")
+    p.add_argument("--runs", default=None,
+                   help="the runs' dir (default runs/experiments/NAME; cached runs are reused)")
+    p.add_argument("--underpowered", action="store_true",
+                   help="run even if the seeds give a claim less than 80%% power at its "
+                   "smallest effect of interest (the result records the power)")
     p.add_argument("--allow-dirty", action="store_true",
-                   help="run a full experiment from uncommitted changes (the diff is recorded)")
+                   help="run a full experiment from uncommitted changes in this checkout (the "
+                   "diff is recorded); a clean one runs from a worktree of its commit")
     p.set_defaults(func=cmd_experiment)
 
     for name, func, text in (("scale", cmd_scale, "change replicas of a running job"),
