@@ -64,6 +64,10 @@ class Batch:
         return self.prompts * self.generations
 
 
+BIG_BATCH = Batch(prompts=4, generations=4)  # the ~100M row: a step takes seconds on 2 cores
+BIG_STEPS = 10
+
+
 def _cfg(settings: Settings, steps: int, batch: Batch, *extra: str):
     return load_cfg(settings, "learner.estimator=grpo", f"rollout.sampling.n={batch.generations}",
                     "rollout.sampling.max_new_tokens=24", "rollout.sampling.temperature=1.0",
@@ -80,7 +84,7 @@ def _steady(times: list[float], batch: Batch) -> float:
 
 def big_policy(settings: Settings, *world: str) -> Path:
     """The ~100M-parameter policy (random init, fp32, the world's tokenizer), built once per
-    world under the world cache; returns its HF model dir."""
+    world in the world cache (<world key>-peers-100m); returns its HF model dir."""
     import torch
     from transformers import AutoTokenizer
 
@@ -88,7 +92,8 @@ def big_policy(settings: Settings, *world: str) -> Path:
     from tasks import load_task
 
     task = load_task(load_cfg(settings, *world))
-    out = Path(task.tokenizer_dir).parent / "peers-100m"
+    root = Path(task.tokenizer_dir).parent  # the world build; beside it, not in its digest
+    out = root.with_name(f"{root.name}-peers-100m")
     if (out / "config.json").is_file():
         return out
     tok = AutoTokenizer.from_pretrained(task.tokenizer_dir)
@@ -308,13 +313,14 @@ def table(out: dict) -> list[str]:
 
 def run(settings: Settings, cfg_unused=None, world_unused=None) -> dict:
     """Figure 8 of `python -m benchmarks` (not in --quick: TRL is an optional extra): the
-    tiny policy on every world of WORLDS at 30 steps, then the ~100M row on the first."""
+    tiny policy on every world of WORLDS at 30 steps, then the ~100M row (BIG_BATCH, BIG_STEPS)
+    on the first."""
     if not settings.peer_repeats:
         raise ValueError("the peer figure is not part of --quick; its smoke run is "
                          "python -m benchmarks.peers --quick")
     out = measure(settings, steps=30, last=10, repeats=settings.peer_repeats, worlds=WORLDS)
-    out["big"] = measure(settings, steps=12, last=5, repeats=1, worlds=WORLDS[:1],
-                         model="100m", arms=("grpo",))
+    out["big"] = measure(settings, steps=BIG_STEPS, last=5, repeats=settings.peer_repeats,
+                         worlds=WORLDS[:1], batch=BIG_BATCH, model="100m", arms=("grpo",))
     return out
 
 
