@@ -24,6 +24,16 @@ Claims and verdict rules (`experiments.common.verdict`: held | refuted | inconcl
 3. Best-of-n passes its peak: gold(256) − gold(1024), per prompt (the order-statistics
    estimate from the same 1024 samples), percentile bootstrap over prompts; smallest effect of
    interest 0.01 gold.
+
+Power (from the runs of 2026-11-30; `experiments.common.sd_from_t_ci`, `seeds_for_power`):
+1. If each seed declines with probability 0.9, 6 seeds reach >= 4 declines with probability
+   0.98; at 0.5 (no tendency), 0.34: the rule separates the two.
+2. RL vs best-of-n form: s.d. of the per-seed relative gain 0.77, power 0.01 at 0.1 with 6
+   seeds, 465 seeds for 80%; RL vs linear: s.d. 0.14, 18 seeds. Not decidable against the
+   best-of-n form within 3 hours of this machine (about 13 seeds of 60 steps).
+3. Best-of-n: s.d. of the per-prompt difference 0.12, about 1180 prompts for 80% at 0.01; the
+   fitted curve predicts nearly the same gold at n = 256 and 1024, so more prompts would not
+   make it pass its peak either: not decidable as designed.
 """
 
 from __future__ import annotations
