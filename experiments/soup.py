@@ -1,9 +1,13 @@
 """Soup reference (SALSA, Chegini et al. 2024): policy and KL reference = the SFT soup.
 
 Design (written before the run):
-- World: the tiny world with ingredients fine-tuned on disjoint data (`WORLD`:
-  task.sft_data=disjoint: sft-0 and sft-1 each see half the SFT reviews, for twice the epochs),
-  so that the soup is an average of models that differ by more than their seed.
+- World: the tiny world with ingredients fine-tuned on different review domains (`WORLD`:
+  task.sft_data=domains: sft-0 sees the book, game and movie reviews, sft-1 the food, hotel
+  and product reviews, each for about the steps of the whole split), so that the soup is an
+  average of models that learned different things, not only different seeds or halves of the
+  same data; the ingredients' held-out perplexities and their spread (the distance between
+  them over their mean distance from the base) are reported with the result. (The runs of
+  2026-11-30 used task.sft_data=disjoint: each ingredient on every other review.)
 - Arms, one proxy RM, β = 0.05, 30 steps of 32 samples, lr 1e-4, 6 seeds (each its own prompt
   order, the same for both arms):
     sft    policy.init=sft,  learner.kl.reference=init  (sft-0, KL to itself)
@@ -18,11 +22,11 @@ Verdict rule (`experiments.common.verdict`; smallest effect of interest 0.03 gol
 t-interval over seeds of soup − sft for each endpoint; held if held for both, refuted if
 refuted for both, otherwise inconclusive.
 
-Power (computed after the runs of 2026-11-30, from their intervals:
-`experiments.common.power_at`, `seeds_for_power`; docs/results/NOTES.md): soup − sft at matched
-KL: s.d. 0.092 over 6 seeds gave power 0.04 at 0.03; 80% power needs 75 seeds at 0.03, 27 at
-the observed +0.05; at step 30: 45 and 162. Not decidable at 0.03 within 3 hours (about 39
-seeds for two arms).
+Power (`POWER`; the s.d. of the disjoint-ingredient runs of 2026-11-30, the only estimate
+before a domains run: `experiments.common.power_at`, `seeds_for_power`; docs/results/NOTES.md):
+at step 30, s.d. 0.070: 6 seeds gave power 0.06 at 0.03, 80% needs 45 seeds (2.1 hours of
+this machine); at matched KL, s.d. 0.092: 76 seeds (3.5 hours). The joint claim is not
+decidable within the 3-hour budget; `raylign experiment soup` says so and does not run.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ CLAIM = {
              "(Llama2-7B, Mistral-7B; MT-Bench, Arena-Hard, UltraFeedback)",
 }
 SEEDS = 6
-WORLD = ["task.sft_data=disjoint"]
+WORLD = ["task.sft_data=domains"]
 EFFECT = 0.03  # gold: the smallest effect of interest
 # s.d. of the per-seed differences in the runs of 2026-11-30 (docs/results/NOTES.md)
 POWER = (Power("soup − sft, gold at step 30", EFFECT, sd=0.070, runs_per_seed=2, run_length=0.6),
@@ -103,7 +107,8 @@ def run(ctx: Ctx) -> dict:
     v = joint_verdict(vs.values(), refuted_by="all")
 
     facts = world(ctx).summary["sft"]
-    setting = (f"{ctx.label}, ingredients on disjoint SFT data (held-out perplexity "
+    setting = (f"{ctx.label}, ingredients on {WORLD[0].split('=')[1]} SFT data (held-out "
+               "perplexity "
                f"{facts['heldout_ppl']}, soup {facts['soup_heldout_ppl']}, spread "
                f"{facts.get('ingredient_spread')}), single proxy, β={BETA}, {ctx.seeds} seeds × "
                f"{z['steps']} steps × {z['samples_per_step']} samples; held-out gold on "

@@ -24,10 +24,12 @@ class TinyWorldConfig(Strict):
                       description="seed of the world's build (corpus, models)")
     num_members: StrictInt = Field(4, ge=1, description="K proxy reward models to train")
     num_sft_seeds: StrictInt = Field(2, ge=1, description="SFT models (soup ingredients)")
-    sft_data: Literal["shared", "disjoint"] = Field(
+    sft_data: Literal["shared", "disjoint", "domains"] = Field(
         "shared", description="the ingredients' SFT data: shared (every ingredient sees the "
-        "whole SFT split; they differ by seed) or disjoint (ingredient i of n sees every n-th "
-        "review, for n times the epochs: the same number of steps on different data)")
+        "whole SFT split; they differ by seed), disjoint (ingredient i of n sees every n-th "
+        "review, for n times the epochs: the same number of steps on different data) or "
+        "domains (ingredient i sees only the reviews of its share of the six review domains, "
+        "for about the same number of steps)")
     label_noise: float = Field(0.25, ge=0, lt=0.5,
                                description="fraction of preference labels flipped")
 

@@ -557,10 +557,13 @@ def detokenize(words: list[str]) -> str:
     return re.sub(r"(^|[.!?] )([a-z])", lambda m: m.group(1) + m.group(2).upper(), text)
 
 
-def sample_review(rng: random.Random) -> tuple[str, str, str]:
-    """One review: (opening prompt, full text, polarity)."""
+def sample_review(rng: random.Random, domains: list[str] | None = None) -> tuple[str, str, str]:
+    """One review: (opening prompt, full text, polarity); its domain is appended to
+    `domains` when given."""
     g = grammar()
     domain = rng.choice(list(_DOMAINS))
+    if domains is not None:
+        domains.append(domain)
     pol = rng.choices(list(POLARITY_WEIGHTS), weights=list(POLARITY_WEIGHTS.values()))[0]
     start = f"<Rmix:{domain}>" if pol == "mix" else f"<R{pol}:{domain}>"
     # expand the opening separately so we know where the prompt ends
@@ -574,9 +577,11 @@ def sample_review(rng: random.Random) -> tuple[str, str, str]:
     return detokenize(opening), detokenize(words), pol
 
 
-def generate_reviews(n: int, seed: int) -> list[tuple[str, str, str]]:
+def generate_reviews(n: int, seed: int, domains: list[str] | None = None
+                     ) -> list[tuple[str, str, str]]:
+    """n reviews of `seed`; their domains are appended to `domains` when given."""
     rng = random.Random(seed)
-    return [sample_review(rng) for _ in range(n)]
+    return [sample_review(rng, domains) for _ in range(n)]
 
 
 def split_sentences(text: str) -> list[str]:

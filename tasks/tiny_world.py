@@ -297,6 +297,29 @@ def _train_member(job) -> tuple[float, float]:
                 round(pair_accuracy(rm, tok, train_noisy[:TRAIN_ACC_PAIRS], max_len), 4))
 
 
+def ingredient_data(docs: list, domains: list[str], n: int, mode: str, epochs: int
+                    ) -> list[tuple[list, int]]:
+    """Each of the n SFT ingredients' (documents, epochs). shared: every document, `epochs`;
+    disjoint: every n-th document from the i-th, n x epochs; domains: the documents of the
+    i-th share of the review domains (sorted, every n-th from the i-th), for
+    round(epochs x len(docs) / len(share)) epochs: about the shared number of steps."""
+    if mode == "shared":
+        return [(docs, epochs)] * n
+    if mode == "disjoint":
+        return [(docs[i::n], epochs * n) for i in range(n)]
+    if mode != "domains":
+        raise ValueError(f"sft_data: unknown mode '{mode}'")
+    names = sorted(set(domains))
+    if len(names) < n:
+        raise ValueError(f"sft_data=domains: {n} ingredients, only {len(names)} domains")
+    out = []
+    for i in range(n):
+        mine = set(names[i::n])
+        share = [d for d, dom in zip(docs, domains, strict=True) if dom in mine]
+        out.append((share, max(1, round(epochs * len(docs) / len(share)))))
+    return out
+
+
 def ingredient_spread(ingredients: list[dict], base: dict) -> float:
     """How far apart the fine-tunes are, relative to how far each moved from the base:
     ||theta_0 - theta_1|| / mean_i ||theta_i - theta_base|| over all floating-point tensors
@@ -326,7 +349,8 @@ def _build(task: TinyWorldConfig, out: Path, key: str, verbose: bool) -> None:
             print(f"  [{name}] {timings[name]:.1f}s", flush=True)
 
     # 1. corpus -----------------------------------------------------------------------------
-    reviews = corpus.generate_reviews(r.n_reviews, seed=task.seed)
+    domains: list[str] = []
+    reviews = corpus.generate_reviews(r.n_reviews, seed=task.seed, domains=domains)
     heldout = corpus.generate_reviews(r.n_heldout, seed=task.seed + 10_007)
     heldout_texts = [text for _, text, _ in heldout]
     sentences = [s for _, text, _ in reviews for s in corpus.split_sentences(text)]
@@ -377,13 +401,14 @@ def _build(task: TinyWorldConfig, out: Path, key: str, verbose: bool) -> None:
     sft_docs = encode_docs(tok, sft_texts, max_len)
     sft_models, sft_dirs = [], []
     n_sft = task.num_sft_seeds
+    shares = ingredient_data(sft_docs, domains[: len(sft_docs)], n_sft, task.sft_data,
+                             r.sft_epochs)
     for i in range(n_sft):
         seed = task.seed * 1000 + 10 + i
         torch.manual_seed(seed)
         model, _ = load_policy(out / "base")
         model.config.attention_dropout = 0.1
-        docs, epochs = ((sft_docs[i::n_sft], r.sft_epochs * n_sft) if task.sft_data == "disjoint"
-                        else (sft_docs, r.sft_epochs))
+        docs, epochs = shares[i]
         batches = list(lm_batches(docs, r.batch_size, epochs, seed, pad))
         train_loop(model, batches, lm_loss, r.sft_lr, f"sft seed {i}", verbose)
         model.config.attention_dropout = 0.0

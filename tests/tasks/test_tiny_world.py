@@ -222,3 +222,31 @@ def test_ingredient_spread_by_hand():
     assert ingredient_spread([a, b], base) == pytest.approx(5 / 3.5)
     assert ingredient_spread([a, a], base) == 0.0
     assert math.isnan(ingredient_spread([a], base))
+
+
+def test_ingredient_data_by_hand():
+    from tasks.corpus import generate_reviews
+    from tasks.tiny_world import ingredient_data
+
+    docs = ["a", "b", "c", "d", "e", "f"]
+    doms = ["food", "movie", "food", "book", "movie", "food"]
+    assert ingredient_data(docs, doms, 2, "shared", 3) == [(docs, 3), (docs, 3)]
+    assert ingredient_data(docs, doms, 2, "disjoint", 3) == [(["a", "c", "e"], 6),
+                                                             (["b", "d", "f"], 6)]
+    # sorted domains book, food, movie: ingredient 0 has book + movie, 1 has food;
+    # epochs 3 x 6 / 3 = 6 each
+    assert ingredient_data(docs, doms, 2, "domains", 3) == [(["b", "d", "e"], 6),
+                                                            (["a", "c", "f"], 6)]
+    with pytest.raises(ValueError, match="4 ingredients, only 3 domains"):
+        ingredient_data(docs, doms, 4, "domains", 3)
+    # the domains come with the reviews, and asking for them leaves the reviews as they were
+    domains: list[str] = []
+    assert generate_reviews(50, seed=3, domains=domains) == generate_reviews(50, seed=3)
+    assert len(domains) == 50 and len(set(domains)) == 6
+
+
+def test_domains_sft_data_is_a_world_of_its_own(tmp_path):
+    task = _micro_task(tmp_path)
+    keys = {world_key(task.model_copy(update={"sft_data": m}))
+            for m in ("shared", "disjoint", "domains")}
+    assert len(keys) == 3
