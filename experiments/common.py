@@ -144,6 +144,28 @@ def run_arms(ctx: Ctx, arms: dict[str, list[str]]) -> dict[str, list[list[dict]]
     return out
 
 
+TUNE_SEED0 = 1000  # tuning runs use seeds 1000, 1001, ...; verdicts use 0, 1, ...
+
+
+def tune(ctx: Ctx, methods: dict[str, dict[str, list[str]]],
+         score: Callable[[list[dict]], float], seeds: int, runner=None) -> dict[str, dict]:
+    """Equal tuning budgets: every method gets the same number of settings ({name:
+    overrides}; checked), each trained on the same `seeds` tuning seeds TUNE_SEED0 + i (never
+    a verdict seed); a method's best setting has the highest mean `score(rows)`. Returns
+    {method: {"best": name, "scores": {name: mean score}}}. `runner`: run_arm's signature."""
+    budgets = {m: len(s) for m, s in methods.items()}
+    if len(set(budgets.values())) != 1:
+        raise ValueError(f"tune: unequal tuning budgets {budgets}")
+    runner = runner or run_arm
+    out = {}
+    for method, settings in methods.items():
+        scores = {name: statistics.fmean(score(runner(ctx, f"tune-{name}", TUNE_SEED0 + i, ov))
+                                         for i in range(seeds))
+                  for name, ov in settings.items()}
+        out[method] = {"best": max(scores, key=scores.__getitem__), "scores": scores}
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Curves and statistics
 # ---------------------------------------------------------------------------------------------
@@ -507,6 +529,7 @@ class Power:
     sd: float
     runs_per_seed: int
     run_length: float = 1.0  # in 50-step runs
+    tuning_runs: int = 0  # runs before the verdict seeds (equal tuning budgets), once
 
     def at(self, seeds: int) -> float:
         return power_at(self.effect, self.sd, seeds)
@@ -515,7 +538,8 @@ class Power:
         return seeds_for_power(self.effect, self.sd, power)
 
     def hours(self, seeds: int) -> float:
-        return seeds * self.runs_per_seed * self.run_length * RUN_MINUTES / 60
+        runs = seeds * self.runs_per_seed + self.tuning_runs
+        return runs * self.run_length * RUN_MINUTES / 60
 
     def decidable(self, budget_hours: float = BUDGET_HOURS) -> bool:
         return self.hours(self.seeds()) <= budget_hours

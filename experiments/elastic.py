@@ -1,24 +1,27 @@
 """Elastic Reset (Noukhovitch et al. 2023): held-out gold against drift, against PPO + KL.
 
 Design (written before the run):
-- Arms, all on one proxy RM (reward.aggregation=single), KL to the initial model, 50 steps of
-  16 samples, lr 1e-4, 4 seeds (each its own prompt order, the same for every arm):
-    ppo_b0.03, ppo_b0.1, ppo_b0.3   PPO with a fixed KL coefficient β
-    elastic      Elastic Reset, β 0.001: EMA η = 0.95 updated once per iteration, reset at the
-                 end of iterations 17 and 34 (online <- EMA, then EMA <- init). At a reset
-                 the EMA keeps 0.95^17 ≈ 0.42 of the initial weights, so it differs from init
-    reset_init   the same schedule, online <- init (elastic_reset.target=init)
-    reset_ema    online <- EMA, the EMA not reset (elastic_reset.reset_ema=false)
+- Equal tuning budgets (`experiments.common.tune`): PPO and Elastic Reset get three settings
+  each, chosen before any run, trained on tuning seeds 1000-1001 (never verdict seeds); each
+  keeps the setting with the highest held-out gold at step 50 (mean over the tuning seeds):
+    PPO    KL coefficient β in 0.03, 0.1, 0.3
+    ER     (EMA decay η, β) in (0.95, 0.001), (0.95, 0.01), (0.99, 0.01); EMA updated once per
+           iteration, reset at the end of iterations 17 and 34 (online <- EMA, then EMA <-
+           init). The interval is fixed so that every setting is compared at the same point
+           of its cycle: step 50 is 16 iterations into the third (the next reset would end
+           iteration 51), after a full cycle of recovery and drift.
+- Verdict arms, on seeds 0.. (each its own prompt order, the same for every arm), one proxy RM
+  (reward.aggregation=single), KL to the initial model, 50 steps of 16 samples, lr 1e-4:
+    ppo          PPO at the tuned β
+    elastic      Elastic Reset at the tuned (η, β)
+    reset_init   the same, online <- init at a reset (elastic_reset.target=init)
+    reset_ema    the same, the EMA not reset (elastic_reset.reset_ema=false)
 - Every 5 steps one policy is evaluated: held-out gold and KL to init on the fixed stratified
   held-out prompts (`learner.eval_prompts` = 32) and perplexity drift (held-out perplexity of
   the policy minus the initial model's): gold and drift of the same weights.
-- The resetting arms are compared at step 50: 16 iterations into their third reset cycle (the
-  next reset would end iteration 51), i.e. after a full cycle of recovery and drift, not at the
-  low-drift point just after a reset.
-- A seed's PPO front: the Pareto front (low perplexity drift, high held-out gold) of every eval
-  point of that seed's three PPO arms, linearly interpolated at a drift (flat beyond its
-  ends; `front_at`). Excess(arm, seed) = held-out gold at step 50 − the front at that point's
-  perplexity drift.
+- A seed's PPO front: the Pareto front (low perplexity drift, high held-out gold) of that
+  seed's PPO eval points, linearly interpolated at a drift (flat beyond its ends; `front_at`).
+  Excess(arm, seed) = held-out gold at step 50 − the front at that point's perplexity drift.
 
 Claims and verdict rules (`experiments.common.verdict`; smallest effect of interest 0.03 gold):
 1. ER beats PPO's reward-drift front: the paired t-interval over seeds of Excess(elastic).
@@ -27,11 +30,12 @@ Claims and verdict rules (`experiments.common.verdict`; smallest effect of inter
    refuted if refuted against either; otherwise inconclusive.
 Reported beside them, with no verdict: the same excesses with KL to init as the drift axis.
 
-Power (computed after the runs of 2026-11-30, from their intervals:
-`experiments.common.power_at`, `seeds_for_power`; docs/results/NOTES.md): ER − PPO front: s.d.
-0.182 over 4 seeds gave power 0.00 at 0.03 (290 seeds for 80%); ER − reset_ema: s.d. 0.097, 84
-seeds. Not decidable at 0.03 within 3 hours (about 13 seeds for six arms); the effects seen
-(−0.30, −0.24) are decidable with 5-6 seeds.
+Power (`POWER`; the s.d. of the runs of 2026-11-30, which ran ER at (0.95, 0.001) against a
+front of all three PPO βs: `experiments.common.power_at`, `seeds_for_power`;
+docs/results/NOTES.md): ER − PPO front s.d. 0.182: 291 seeds for 80% at 0.03 (4 verdict runs a
+seed, plus 12 tuning runs: about 45 hours of this machine); ER − reset_ema s.d. 0.097: 84
+seeds. Not decidable within the 3-hour budget; `raylign experiment elastic` says so and does
+not run. The effects seen then (−0.30, −0.24) would be decidable with 5-6 seeds.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from experiments.common import (
     run_arms,
     save_fig,
     seed_rows,
+    tune,
     verdict,
 )
 
@@ -74,10 +79,13 @@ CLAIM_ABL = {
 SEEDS = 4
 EFFECT = 0.03  # gold: the smallest effect of interest
 # s.d. of the per-seed differences in the runs of 2026-11-30 (docs/results/NOTES.md)
-POWER = (Power("ER − PPO front", EFFECT, sd=0.182, runs_per_seed=6),
-         Power("ER − reset_init", EFFECT, sd=0.159, runs_per_seed=6),
-         Power("ER − reset_ema", EFFECT, sd=0.097, runs_per_seed=6))
-PPO = ("ppo_b0.03", "ppo_b0.1", "ppo_b0.3")
+TUNE_SEEDS = 2
+PPO_BETAS = (0.03, 0.1, 0.3)  # PPO's three settings
+ER_SETTINGS = ((0.95, 0.001), (0.95, 0.01), (0.99, 0.01))  # ER's three: (η, β)
+POWER = (Power("ER − PPO front", EFFECT, sd=0.182, runs_per_seed=4, tuning_runs=12),
+         Power("ER − reset_init", EFFECT, sd=0.159, runs_per_seed=4, tuning_runs=12),
+         Power("ER − reset_ema", EFFECT, sd=0.097, runs_per_seed=4, tuning_runs=12))
+PPO = ("ppo",)
 RESETS = ("elastic", "reset_init", "reset_ema")
 ARMS = (*PPO, *RESETS)
 
@@ -85,24 +93,39 @@ ARMS = (*PPO, *RESETS)
 def sizes(ctx: Ctx) -> dict:
     return {"steps": ctx.size(5, 50), "reset_every": ctx.size(2, 17),
             "eval_every": ctx.size(1, 5), "samples_per_step": 16, "minibatch_size": 8,
-            "lr": 1e-4, "eval_prompts": ctx.size(8, 32), "ema_decay": 0.95}
+            "lr": 1e-4, "eval_prompts": ctx.size(8, 32), "tune_seeds": ctx.size(1, TUNE_SEEDS)}
 
 
-def arms(z: dict) -> dict[str, list[str]]:
-    common = ["reward.aggregation=single", "reward.members=1", f"learner.steps={z['steps']}",
-              f"learner.eval_every={z['eval_every']}",
-              f"learner.eval_prompts={z['eval_prompts']}",
-              f"learner.samples_per_step={z['samples_per_step']}",
-              f"learner.minibatch_size={z['minibatch_size']}", f"learner.lr={z['lr']}"]
-    er = ["learner.kl.coef=0.001", "learner.elastic_reset.enabled=true",
-          f"learner.elastic_reset.ema_decay={z['ema_decay']}",
-          "learner.elastic_reset.ema_update=iteration",
-          f"learner.elastic_reset.reset_every={z['reset_every']}"]
-    out = {a: [*common, f"learner.kl.coef={a.removeprefix('ppo_b')}"] for a in PPO}
-    out["elastic"] = [*common, *er]
-    out["reset_init"] = [*common, *er, "learner.elastic_reset.target=init"]
-    out["reset_ema"] = [*common, *er, "learner.elastic_reset.reset_ema=false"]
-    return out
+def common(z: dict) -> list[str]:
+    return ["reward.aggregation=single", "reward.members=1", f"learner.steps={z['steps']}",
+            f"learner.eval_every={z['eval_every']}", f"learner.eval_prompts={z['eval_prompts']}",
+            f"learner.samples_per_step={z['samples_per_step']}",
+            f"learner.minibatch_size={z['minibatch_size']}", f"learner.lr={z['lr']}"]
+
+
+def candidates(z: dict) -> dict[str, dict[str, list[str]]]:
+    """The tuning budgets: {method: {setting: overrides}}, three settings each."""
+    def er(eta: float, beta: float) -> list[str]:
+        return [*common(z), f"learner.kl.coef={beta}", "learner.elastic_reset.enabled=true",
+                f"learner.elastic_reset.ema_decay={eta}",
+                "learner.elastic_reset.ema_update=iteration",
+                f"learner.elastic_reset.reset_every={z['reset_every']}"]
+    return {"ppo": {f"ppo_b{b}": [*common(z), f"learner.kl.coef={b}"] for b in PPO_BETAS},
+            "elastic": {f"er_e{e}_b{b}": er(e, b) for e, b in ER_SETTINGS}}
+
+
+def arms(z: dict, ppo: str, elastic: str) -> dict[str, list[str]]:
+    """The verdict arms at the tuned settings `ppo` and `elastic` (names in `candidates`)."""
+    c = candidates(z)
+    er = c["elastic"][elastic]
+    return {"ppo": c["ppo"][ppo], "elastic": er,
+            "reset_init": [*er, "learner.elastic_reset.target=init"],
+            "reset_ema": [*er, "learner.elastic_reset.reset_ema=false"]}
+
+
+def final_gold(z: dict):
+    """The tuning score: held-out gold at the last eval point."""
+    return lambda rows: heldout_points(rows, z["eval_every"])[-1]["gold"]
 
 
 def excess(pts: dict[str, list[list[dict]]], arm: str, seed: int, axis: str) -> float:
@@ -114,7 +137,9 @@ def excess(pts: dict[str, list[list[dict]]], arm: str, seed: int, axis: str) -> 
 
 def run(ctx: Ctx) -> dict:
     z = sizes(ctx)
-    runs = run_arms(ctx, arms(z))
+    tuned = tune(ctx, candidates(z), final_gold(z), z["tune_seeds"])
+    best = {m: t["best"] for m, t in tuned.items()}
+    runs = run_arms(ctx, arms(z, best["ppo"], best["elastic"]))
     pts = {a: [heldout_points(r, z["eval_every"]) for r in runs[a]] for a in ARMS}
     seeds = range(ctx.seeds)
     exc = {axis: {a: [excess(pts, a, s, axis) for s in seeds] for a in RESETS}
@@ -130,8 +155,9 @@ def run(ctx: Ctx) -> dict:
              for a in ARMS}
 
     setting = (f"{ctx.label}, single proxy, {ctx.seeds} seeds × {z['steps']} steps × "
-               f"{z['samples_per_step']} samples; ER η {z['ema_decay']}, reset every "
-               f"{z['reset_every']}; held-out gold ({z['eval_prompts']} prompts) and drift of "
+               f"{z['samples_per_step']} samples; tuned on {z['tune_seeds']} other seeds, 3 "
+               f"settings each: PPO {best['ppo']}, ER {best['elastic']} (reset every "
+               f"{z['reset_every']}); held-out gold ({z['eval_prompts']} prompts) and drift of "
                f"one policy every {z['eval_every']} steps")
     m1 = (f"ER's gold at step {z['steps']} − PPO front at its perplexity drift "
           f"{fmt(*mean_se(e['elastic']))}, 95% t-interval {fmt_ci(*ci1)} (at its KL: "
@@ -158,7 +184,8 @@ def run(ctx: Ctx) -> dict:
         "rows": seed_rows(runs, ["reward/proxy", "reward/gold", "kl/init_k1", "eval/gold",
                                  "eval/kl_init", "drift/ppl_policy", "drift/ppl_init",
                                  "elastic/reset"]),
-        "data": {"points": pts, "excess": exc, "final": final, "claim1_ci": list(ci1),
+        "data": {"tuning": tuned, "points": pts, "excess": exc, "final": final,
+                 "claim1_ci": list(ci1),
                  "claim1_ci_kl": list(ci_kl), "claim2_ci": {b: list(c) for b, c in ci2.items()}},
     }
 

@@ -435,3 +435,24 @@ def test_power_and_the_seeds_it_needs():
     # a t-interval of 4 seeds with half-width t975(3) * 2 / 2: sd 2
     half = t975(3) * 2 / 2
     assert sd_from_t_ci((1 - half, 1 + half), 4) == pytest.approx(2.0)
+
+
+def test_tune_gives_equal_budgets_on_tuning_seeds_and_keeps_each_methods_best(tmp_path):
+    from experiments.common import TUNE_SEED0, Ctx, tune
+
+    calls = []
+
+    def runner(ctx, arm, seed, overrides):  # rows whose "x" is the setting's value + seed
+        calls.append((arm, seed))
+        return [{"x": float(overrides[0]) + (seed - TUNE_SEED0) / 10}]
+
+    ctx = Ctx(name="t", quick=True, seeds=3, out=tmp_path, runs=tmp_path)
+    methods = {"a": {"a1": ["1"], "a2": ["3"]}, "b": {"b1": ["2"], "b2": ["0"]}}
+    out = tune(ctx, methods, lambda rows: rows[-1]["x"], seeds=2, runner=runner)
+    assert out["a"] == {"best": "a2", "scores": {"a1": 1.05, "a2": 3.05}}
+    assert out["b"]["best"] == "b1" and out["b"]["scores"]["b2"] == pytest.approx(0.05)
+    assert {s for _, s in calls} == {TUNE_SEED0, TUNE_SEED0 + 1}  # never a verdict seed
+    assert sorted(a for a, _ in calls) == ["tune-a1"] * 2 + ["tune-a2"] * 2 + ["tune-b1"] * 2 + [
+        "tune-b2"] * 2
+    with pytest.raises(ValueError, match="unequal tuning budgets"):
+        tune(ctx, {"a": {"a1": ["1"]}, "b": methods["b"]}, lambda r: 0.0, 1, runner=runner)

@@ -13,31 +13,45 @@ from experiments.common import Ctx, load_cfg
 WITH_ARMS = ("elastic", "soup", "together", "offpolicy")
 
 
+def all_arms(mod, z: dict) -> dict[str, list[str]]:
+    """The verdict arms, and with tuning (`candidates`) every setting tuned over, the verdict
+    arms at each method's first setting."""
+    if not hasattr(mod, "candidates"):
+        return mod.arms(z)
+    tuned = mod.candidates(z)
+    verdict = mod.arms(z, *(next(iter(settings)) for settings in tuned.values()))
+    return {**{n: ov for settings in tuned.values() for n, ov in settings.items()}, **verdict}
+
+
 @pytest.mark.parametrize("name", WITH_ARMS)
 def test_full_size_arms_are_valid_configs(name, tmp_path):
     mod = module(name)
     ctx = Ctx(name=name, quick=False, seeds=1, out=tmp_path, runs=tmp_path,
               world_overrides=list(getattr(mod, "WORLD", ())))
     z = mod.sizes(ctx)
-    for arm, overrides in mod.arms(z).items():
+    for arm, overrides in all_arms(mod, z).items():
         cfg = load_cfg(ctx, overrides)  # raises on an unknown key or a bad value
         assert cfg.learner.steps == z["steps"], arm
         assert cfg.learner.eval_every == z["eval_every"] and cfg.learner.eval_prompts > 0, arm
         assert Path(cfg.task.cache_dir) == Path(".cache/raylign")
 
 
-def test_elastic_resetting_arms_differ_only_in_the_reset():
-    from experiments.elastic import PPO, RESETS, arms, sizes
+def test_elastic_tunes_equal_budgets_and_its_arms_differ_only_in_the_reset():
+    from experiments.elastic import RESETS, arms, candidates, sizes
 
     z = sizes(Ctx(name="elastic", quick=False, seeds=1, out=Path(), runs=Path()))
-    a = arms(z)
+    c = candidates(z)
+    assert {m: len(s) for m, s in c.items()} == {"ppo": 3, "elastic": 3}  # equal budgets
+    assert [x for s in c["ppo"].values() for x in s if "kl.coef" in x] == [
+        "learner.kl.coef=0.03", "learner.kl.coef=0.1", "learner.kl.coef=0.3"]
     assert z["steps"] % z["reset_every"] == z["reset_every"] - 1  # step 50 ends a cycle
-    assert z["ema_decay"] ** z["reset_every"] < 0.5  # the EMA at a reset is not the init
+    assert z["tune_seeds"] == 2
+    a = arms(z, "ppo_b0.1", "er_e0.99_b0.01")
+    assert a["ppo"] == c["ppo"]["ppo_b0.1"] and a["elastic"] == c["elastic"]["er_e0.99_b0.01"]
     base = set(a["elastic"])
+    assert {"learner.elastic_reset.ema_decay=0.99", "learner.kl.coef=0.01"} <= base
     assert set(a["reset_init"]) - base == {"learner.elastic_reset.target=init"}
     assert set(a["reset_ema"]) - base == {"learner.elastic_reset.reset_ema=false"}
-    assert [x for arm in PPO for x in a[arm] if "kl.coef" in x] == [
-        "learner.kl.coef=0.03", "learner.kl.coef=0.1", "learner.kl.coef=0.3"]
     assert len(RESETS) == 3
 
 
@@ -47,9 +61,8 @@ def test_elastic_excess_is_gold_above_the_seeds_ppo_front():
     def pts(*xy):
         return [[{"ppl_drift": x, "kl": 10 * x, "gold": y} for x, y in xy]]
 
-    points = {"ppo_b0.03": pts((1.0, 0.5), (3.0, 0.7)), "ppo_b0.1": pts((0.5, 0.2)),
-              "ppo_b0.3": pts((0.2, 0.1), (2.0, 0.3)),  # (2.0, 0.3) is dominated
-              "elastic": pts((0.5, 0.1), (2.0, 0.65))}
+    points = {"ppo": pts((0.2, 0.1), (0.5, 0.2), (1.0, 0.5), (2.0, 0.3), (3.0, 0.7)),
+              "elastic": pts((0.5, 0.1), (2.0, 0.65))}  # PPO's (2.0, 0.3) is dominated
     # the front at drift 2.0: between (1.0, 0.5) and (3.0, 0.7), 0.6
     assert excess(points, "elastic", 0, "ppl_drift") == pytest.approx(0.05)
     assert excess(points, "elastic", 0, "kl") == pytest.approx(0.05)
