@@ -147,20 +147,27 @@ def run_arms(ctx: Ctx, arms: dict[str, list[str]]) -> dict[str, list[list[dict]]
 TUNE_SEED0 = 1000  # tuning runs use seeds 1000, 1001, ...; verdicts use 0, 1, ...
 
 
-def tune(ctx: Ctx, methods: dict[str, dict[str, list[str]]],
-         score: Callable[[list[dict]], float], seeds: int, runner=None) -> dict[str, dict]:
+def overrides_for(setting: Sequence[str] | Callable[[int], list[str]], seed: int) -> list[str]:
+    """A setting's overrides: a list, or a function of the seed (e.g. which member)."""
+    return setting(seed) if callable(setting) else list(setting)
+
+
+def tune(ctx: Ctx, methods: dict[str, dict], score: Callable[[list[dict]], float],
+         seeds: int, runner=None) -> dict[str, dict]:
     """Equal tuning budgets: every method gets the same number of settings ({name:
-    overrides}; checked), each trained on the same `seeds` tuning seeds TUNE_SEED0 + i (never
-    a verdict seed); a method's best setting has the highest mean `score(rows)`. Returns
-    {method: {"best": name, "scores": {name: mean score}}}. `runner`: run_arm's signature."""
+    overrides, or a function of the seed}; checked), each trained on the same `seeds` tuning
+    seeds TUNE_SEED0 + i (never a verdict seed); a method's best setting has the highest mean
+    `score(rows)`. Returns {method: {"best": name, "scores": {name: mean score}}}.
+    `runner`: run_arm's signature."""
     budgets = {m: len(s) for m, s in methods.items()}
     if len(set(budgets.values())) != 1:
         raise ValueError(f"tune: unequal tuning budgets {budgets}")
     runner = runner or run_arm
     out = {}
     for method, settings in methods.items():
-        scores = {name: statistics.fmean(score(runner(ctx, f"tune-{name}", TUNE_SEED0 + i, ov))
-                                         for i in range(seeds))
+        scores = {name: statistics.fmean(
+                      score(runner(ctx, f"tune-{name}", TUNE_SEED0 + i,
+                                   overrides_for(ov, TUNE_SEED0 + i))) for i in range(seeds))
                   for name, ov in settings.items()}
         out[method] = {"best": max(scores, key=scores.__getitem__), "scores": scores}
     return out

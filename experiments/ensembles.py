@@ -6,12 +6,17 @@ Design (written before the run):
   does, every member shares the exploit and no aggregation of them can remove it: then the
   members' diversity, not the aggregation, is what limits this experiment (a world recipe
   change), and the result says so.
-- PPO, β = 0, 50 steps of 32 samples, 4 seeds (each its own prompt order, the same for every
-  arm). Arms: single = one member as the proxy, member (seed mod K), so that over the seeds
-  "single" is the average over single members, not member 0; min (WCO); uwo with λ = 0.1,
-  ddof 1 (Coste et al.'s PPO setting). Held-out gold (`learner.eval_prompts` = 32 stratified
+- PPO, 50 steps of 32 samples. Methods: single = one member as the proxy, member (seed mod
+  K), so that over the seeds "single" is the average over single members, not member 0; min
+  (WCO); uwo (mean − λ·var, ddof 1). Held-out gold (`learner.eval_prompts` = 32 stratified
   prompts) every 5 steps.
 - Endpoint: held-out gold averaged over the eval points in the last 10 steps, paired by seed.
+- Equal tuning budgets (`experiments.common.tune`): three settings per method, each of the
+  one knob that holds it back from the proxy: single and min the KL coefficient β in 0, 0.01,
+  0.05; uwo λ in 0.1 (Coste et al.'s PPO setting), 0.5, 1.0 at β 0. Each method keeps the
+  setting with the highest endpoint over tuning seeds 1000-1001 (never verdict seeds); the
+  verdict runs each method's tuned setting on seeds 0.. (each its own prompt order, the same
+  for every method).
 - Best-of-n on the same held-out prompts (256 SFT samples each): single = the mean over the
   K single members of each member's best-of-256 gold; min; uwo (λ 0.5, ddof 0, their BoN
   setting); per-prompt differences, bootstrap over prompts.
@@ -21,11 +26,11 @@ Verdict rules (`experiments.common.verdict`, smallest effect of interest 0.03 go
   uwo: held if held for both; refuted if refuted for both; otherwise inconclusive.
 - BoN: the same rule on (aggregate − single) at n = 256, intervals over prompts.
 
-Power (computed after the runs of 2026-11-30, from their intervals:
-`experiments.common.power_at`, `seeds_for_power`; docs/results/NOTES.md): uwo − single: s.d.
-0.131 over 4 seeds gave power 0.00 at 0.03; 80% power needs 153 seeds at 0.03, 21 at the
-observed +0.08; min − single: s.d. 0.239, 501 seeds at 0.03, 42 at +0.11. Not decidable at 0.03
-within 3 hours of this machine (about 39 seeds for two arms).
+Power (`POWER`; the s.d. of the runs of 2026-11-30, at β 0 and λ 0.1 untuned:
+`experiments.common.power_at`, `seeds_for_power`; docs/results/NOTES.md): uwo − single s.d.
+0.131: 80% at 0.03 needs 152 seeds (3 verdict runs a seed and 18 tuning runs: about 18 hours
+of this machine), 21 at the +0.08 seen; min − single s.d. 0.239: 500 seeds, 42 at +0.11. Not
+decidable within the 3-hour budget; `raylign experiment ensembles` says so and does not run.
 """
 
 from __future__ import annotations
@@ -46,11 +51,13 @@ from experiments.common import (
     heldout_points,
     joint_verdict,
     mean_se,
+    overrides_for,
     paired_t_ci,
     pyplot,
     run_arm,
     save_fig,
     seed_rows,
+    tune,
     verdict,
     world,
 )
@@ -73,10 +80,14 @@ CLAIM_BON = {
 SEEDS = 4
 EFFECT = 0.03  # gold: the smallest effect of interest
 # s.d. of the per-seed differences in the runs of 2026-11-30 (docs/results/NOTES.md)
-POWER = (Power("PPO: uwo − single, final gold", EFFECT, sd=0.131, runs_per_seed=3),
-         Power("PPO: min − single, final gold", EFFECT, sd=0.239, runs_per_seed=3))
-AGGS = {"min": ["reward.aggregation=min"],
-        "uwo": ["reward.aggregation=uwo", "reward.uwo_lambda=0.1", "reward.ddof=1"]}
+POWER = (Power("PPO: uwo − single, final gold", EFFECT, sd=0.131, runs_per_seed=3,
+               tuning_runs=18),
+         Power("PPO: min − single, final gold", EFFECT, sd=0.239, runs_per_seed=3,
+               tuning_runs=18))
+TUNE_SEEDS = 2
+BETAS = (0.0, 0.01, 0.05)  # single's and min's three settings
+LAMBDAS = (0.1, 0.5, 1.0)  # uwo's three
+AGGS = ("min", "uwo")
 BON_AGGS = {"min": ("min", 0.0), "uwo": ("uwo", 0.5)}
 
 
@@ -84,7 +95,32 @@ def sizes(ctx: Ctx) -> dict:
     return {"steps": ctx.size(4, 50), "samples_per_step": ctx.size(16, 32),
             "minibatch_size": ctx.size(8, 16), "lr": 1e-4, "eval_every": ctx.size(2, 5),
             "eval_prompts": ctx.size(8, 32), "endpoint_steps": ctx.size(4, 10),
-            "bon_prompts": ctx.size(4, 32), "bon_n": ctx.size(16, 256)}
+            "bon_prompts": ctx.size(4, 32), "bon_n": ctx.size(16, 256),
+            "tune_seeds": ctx.size(1, TUNE_SEEDS)}
+
+
+def candidates(z: dict, rm_dirs: list) -> dict[str, dict]:
+    """The tuning budgets: {method: {setting: overrides, or a function of the seed}}."""
+    common = [f"learner.steps={z['steps']}", f"learner.samples_per_step={z['samples_per_step']}",
+              f"learner.minibatch_size={z['minibatch_size']}", f"learner.lr={z['lr']}",
+              f"learner.eval_every={z['eval_every']}",
+              f"learner.eval_prompts={z['eval_prompts']}"]
+
+    def single(beta: float):  # member (seed mod K)
+        return lambda seed: [*common, f"learner.kl.coef={beta}", "reward.aggregation=single",
+                             f"reward.model_dirs=[{rm_dirs[seed % len(rm_dirs)]}]"]
+    return {"single": {f"single_b{b}": single(b) for b in BETAS},
+            "min": {f"min_b{b}": [*common, f"learner.kl.coef={b}", "reward.aggregation=min"]
+                    for b in BETAS},
+            "uwo": {f"uwo_l{lam}": [*common, "learner.kl.coef=0", "reward.aggregation=uwo",
+                                    f"reward.uwo_lambda={lam}", "reward.ddof=1"]
+                    for lam in LAMBDAS}}
+
+
+def endpoint(z: dict):
+    """The endpoint (and tuning score): held-out gold over the last `endpoint_steps`."""
+    return lambda rows: heldout_gold_at_end(rows, z["eval_every"], z["steps"],
+                                            z["endpoint_steps"])
 
 
 def spam_check(ctx: Ctx) -> dict:
@@ -104,20 +140,15 @@ def run(ctx: Ctx) -> dict:
     check = spam_check(ctx)
     rm_dirs = world(ctx).rm_dirs
     k = len(rm_dirs)
-    common = [f"learner.steps={z['steps']}", f"learner.samples_per_step={z['samples_per_step']}",
-              f"learner.minibatch_size={z['minibatch_size']}", f"learner.lr={z['lr']}",
-              "learner.kl.coef=0", f"learner.eval_every={z['eval_every']}",
-              f"learner.eval_prompts={z['eval_prompts']}"]
-    runs: dict[str, list[list[dict]]] = {"single": [], **{a: [] for a in AGGS}}
+    tuning = candidates(z, rm_dirs)
+    tuned = tune(ctx, tuning, endpoint(z), z["tune_seeds"])
+    best = {m: t["best"] for m, t in tuned.items()}
+    runs: dict[str, list[list[dict]]] = {m: [] for m in tuning}
     for seed in range(ctx.seeds):  # seeds outermost: a cut-short run has every arm
-        member = f"reward.model_dirs=[{rm_dirs[seed % k]}]"  # single: member (seed mod K)
-        runs["single"].append(run_arm(ctx, "single", seed,
-                                      [*common, "reward.aggregation=single", member]))
-        for arm, extra in AGGS.items():
-            runs[arm].append(run_arm(ctx, arm, seed, [*common, *extra]))
+        for m in tuning:
+            runs[m].append(run_arm(ctx, m, seed, overrides_for(tuning[m][best[m]], seed)))
 
-    ends = {arm: [heldout_gold_at_end(r, z["eval_every"], z["steps"], z["endpoint_steps"])
-                  for r in rs] for arm, rs in runs.items()}
+    ends = {arm: [endpoint(z)(r) for r in rs] for arm, rs in runs.items()}
     ppo_ci = {a: paired_t_ci(ends[a], ends["single"]) for a in AGGS}
     ppo_v = {a: verdict(ci, EFFECT) for a, ci in ppo_ci.items()}
     v1 = joint_verdict(ppo_v.values(), refuted_by="all")
@@ -140,9 +171,11 @@ def run(ctx: Ctx) -> dict:
     bon_v = {a: verdict(ci, EFFECT) for a, ci in bon_ci.items()}
     v2 = joint_verdict(bon_v.values(), refuted_by="all")
 
-    setting = (f"{ctx.label}, β=0, {ctx.seeds} seeds × {z['steps']} steps × "
-               f"{z['samples_per_step']} samples; endpoint: held-out gold ({z['eval_prompts']} "
-               f"stratified prompts) over the last {z['endpoint_steps']} steps; BoN "
+    setting = (f"{ctx.label}, {ctx.seeds} seeds × {z['steps']} steps × "
+               f"{z['samples_per_step']} samples; tuned on {z['tune_seeds']} other seeds, 3 "
+               f"settings each: {', '.join(best.values())}; endpoint: held-out gold "
+               f"({z['eval_prompts']} stratified prompts) over the last "
+               f"{z['endpoint_steps']} steps; BoN "
                f"{z['bon_prompts']} prompts × N={z['bon_n']}")
     m1 = "; ".join(f"{a} − single {fmt_ci(*ci)} ({ppo_v[a]})" for a, ci in ppo_ci.items())
     m2 = "; ".join(f"{a} − single at n={z['bon_n']} {fmt_ci(*ci)} ({bon_v[a]})"
@@ -167,7 +200,7 @@ def run(ctx: Ctx) -> dict:
         "section": section, "plots": [plot(ctx, runs, curves, z)], "sizes": z,
         "rows": seed_rows(runs, ["reward/proxy", "reward/gold", "kl/init_k1", "eval/gold",
                                  "eval/kl_init"]),
-        "data": {"spam_check": check, "endpoint": ends,
+        "data": {"tuning": tuned, "spam_check": check, "endpoint": ends,
                  "ppo_ci": {a: list(ci) for a, ci in ppo_ci.items()},
                  "bon_ci": {a: list(ci) for a, ci in bon_ci.items()}, "bon": curves},
     }
@@ -181,7 +214,7 @@ def plot(ctx: Ctx, runs, curves, z) -> str:
             pts = heldout_points(rows, z["eval_every"])
             a.plot([p["step"] for p in pts], [p["gold"] for p in pts], "o-", ms=3, alpha=0.6,
                    color=f"C{j}", label=arm if i == 0 else None)
-    a.set(xlabel="step", ylabel="held-out gold", title="PPO, β = 0 (one line per seed)")
+    a.set(xlabel="step", ylabel="held-out gold", title="PPO, tuned (one line per seed)")
     a.legend(fontsize=8)
     for j, (name, c) in enumerate(curves.items()):
         b.plot(c["n"], c["gold"], "o-", ms=3, color=f"C{j}", label=name)

@@ -74,3 +74,25 @@ def test_soup_gold_at_kl_interpolates_in_order_of_kl():
     run = [{"kl": 4.0, "gold": 0.8}, {"kl": 1.0, "gold": 0.2}, {"kl": 2.0, "gold": 0.4}]
     assert gold_at_kl(run, 3.0) == pytest.approx(0.6)
     assert gold_at_kl(run, 1.5) == pytest.approx(0.3)
+
+
+def test_ensembles_tune_equal_budgets_of_valid_configs(tmp_path):
+    from experiments.common import TUNE_SEED0, overrides_for
+    from experiments.ensembles import candidates, sizes
+
+    ctx = Ctx(name="ensembles", quick=False, seeds=1, out=tmp_path, runs=tmp_path)
+    z = sizes(ctx)
+    rm_dirs = ["/rm/a", "/rm/b", "/rm/c", "/rm/d"]
+    c = candidates(z, rm_dirs)
+    assert {m: len(s) for m, s in c.items()} == {"single": 3, "min": 3, "uwo": 3}
+    assert z["tune_seeds"] == 2
+    for settings in c.values():
+        for setting in settings.values():
+            ov = [x for x in overrides_for(setting, TUNE_SEED0) if "model_dirs" not in x]
+            cfg = load_cfg(ctx, ov)  # raises on an unknown key or a bad value
+            assert cfg.learner.steps == z["steps"] and cfg.learner.eval_prompts == 32
+    # single's member follows the seed (seed mod K), so the singles average over members
+    single = c["single"]["single_b0.01"]
+    assert "reward.model_dirs=[/rm/c]" in overrides_for(single, 2)
+    assert "reward.model_dirs=[/rm/a]" in overrides_for(single, TUNE_SEED0)  # 1000 mod 4
+    assert "reward.uwo_lambda=0.5" in c["uwo"]["uwo_l0.5"]
