@@ -49,7 +49,8 @@ clean:
 	rm -rf $(VENV) runs .cache
 
 # experiments (docs/results.md): make exp-overopt, exp-ensembles, exp-elastic, exp-soup,
-# exp-together, exp-offpolicy, exp-alarm; EXP_ARGS="--seeds 5" or "--quick" (a pattern rule: not in .PHONY, where
-# make would skip it)
+# exp-together, exp-offpolicy, exp-alarm; EXP_ARGS="--seeds 50", "--underpowered" or "--quick".
+# A full run refuses seeds with < 80% power (and says so), and runs from a git worktree of the
+# commit. (A pattern rule: not in .PHONY, where make would skip it.)
 exp-%: $(STAMP)
 	$(BIN)/raylign experiment $* $(EXP_ARGS)
