@@ -100,6 +100,7 @@ def render(out: Path, doc: Path) -> None:
                      f"{res['seconds'] / 60:.1f} min (finished {res.get('finished', '?')}; "
                      f"world `{res.get('world', '?')}`"
                      + (f" (digest `{res['world_digest'][:12]}`)" if res.get("world_digest")
+                        else f" ({res['world_digest_note']})" if res.get("world_digest_note")
                         else "") + ", "
                      f"commit `{res.get('commit', '?')}`).\n")
         lines.append(res["section"])
