@@ -20,8 +20,11 @@ the run config's actors), all with the same seed. Both sides are timed the same 
 samples/s = (steps - 1) x batch / (last step's end - first step's end), and the whole run
 = steps x batch / wall seconds from loading the models to the end (raylign: the train() call,
 the actors' start included; the Ray session, started once per process, is not counted).
-Gold = the world's gold scorer on the training samples, the mean over the last `last` steps;
-the gold difference raylign - TRL is paired by (world, seed) and given a 95% t-interval.
+Gold, two ways: of the training samples (the world's gold scorer, the mean over the last
+`last` steps; each side's own prompts of those steps), and of the final policy on the same
+held-out prompts (`heldout_gold`: the task's first 64 eval prompts x 4, the HF engine's
+sampler, seeded alike), which the goal uses; differences raylign - TRL are paired by (world,
+seed) and given 95% t-intervals.
 
 `--model 100m`: the policy is a randomly initialised Qwen2 of about 100M parameters (the
 shape of learner/shapes.py's 100m with the tiny world's tokenizer: 16 layers of hidden 768),
@@ -106,6 +109,30 @@ def big_policy(settings: Settings, *world: str) -> Path:
     return out
 
 
+HELDOUT = (64, 4)  # the final policies' held-out gold: the task's first 64 eval prompts x 4
+
+
+def heldout_gold(model, tok, cfg, task, seed: int) -> float:
+    """Mean gold of `model`'s completions of the task's first HELDOUT[0] held-out prompts,
+    HELDOUT[1] each, drawn by the HF engine's sampler (`hf_sample`, the run's sampling, torch
+    seeded with `seed`): both sides' final policies on the same prompts, sampled the same way."""
+    import torch
+
+    from actors.engines import hf_sample, stop_ids
+    from actors.scoring import load_callable
+    from services.fleet import gold_scorer
+
+    n, k = HELDOUT
+    prompts = [p for p in task.eval_prompts[:n] for _ in range(k)]
+    torch.manual_seed(seed)
+    model.eval()
+    out = hf_sample(model, [tok(p).input_ids for p in prompts], cfg.rollout.sampling,
+                    pad_id=tok.pad_token_id, stop=stop_ids(model, tok.eos_token_id))
+    completions = [tok.decode(r, skip_special_tokens=True) for r, _, _ in out]
+    gold = load_callable(gold_scorer(cfg, task))
+    return statistics.fmean(gold(prompts, completions, None))
+
+
 def run_trl(settings: Settings, steps: int, last: int, batch: Batch, *extra: str) -> dict:
     import datasets
     import torch
@@ -166,6 +193,7 @@ def run_trl(settings: Settings, steps: int, last: int, batch: Batch, *extra: str
                                   processing_class=tok, callbacks=[Clock()])
         trainer.train()
         whole = time.perf_counter() - t0
+    final = heldout_gold(model, tok, cfg, task, cfg.seed)
     n = min(last, len(golds))
     return {"steady_samples_per_s": _steady(times, batch), "steps": len(times),
             "whole_run_samples_per_s": len(times) * batch.samples / whole,
@@ -173,6 +201,7 @@ def run_trl(settings: Settings, steps: int, last: int, batch: Batch, *extra: str
             "gold_last": statistics.fmean(x for g in golds[-n:] for x in g),
             "proxy_last": statistics.fmean(x for g in proxies[-n:] for x in g),
             "gold_by_step": [statistics.fmean(g) for g in golds],
+            "heldout_gold": final,
             "trl": trl.__version__, "torch_threads": torch.get_num_threads(),
             "policy": str(start), "parameters": sum(p.numel() for p in model.parameters())}
 
@@ -184,9 +213,10 @@ def run_raylign(settings: Settings, steps: int, last: int, batch: Batch, *extra:
         cfg = _cfg(settings, steps, batch, f"run_dir={tmp}", "name=peers", *extra)
         init_ray(num_cpus=cfg.cluster.num_cpus)  # once per process, not timed
         t0 = time.perf_counter()  # the whole run: the actors' start, the world's load, ...
-        train(cfg)
+        summary = train(cfg)
         whole = time.perf_counter() - t0
         rows = [json.loads(x) for x in (cfg.path / "metrics.jsonl").read_text().splitlines()]
+        final = _final_heldout_gold(cfg, summary["export"])
     times = [r["time"] for r in rows]
     n = min(last, len(rows))
     return {"steady_samples_per_s": _steady(times, batch), "steps": len(rows),
@@ -195,10 +225,23 @@ def run_raylign(settings: Settings, steps: int, last: int, batch: Batch, *extra:
             "gold_last": statistics.fmean(r["reward/gold"] for r in rows[-n:]),
             "proxy_last": statistics.fmean(r["reward/proxy"] for r in rows[-n:]),
             "gold_by_step": [r.get("reward/gold") for r in rows],
-            "estimator": cfg.learner.estimator,
+            "heldout_gold": final, "estimator": cfg.learner.estimator,
             "rollout_workers": cfg.rollout.replicas, "engine": cfg.rollout.engine,
             "max_staleness": cfg.rollout.max_staleness, "learner_cpus": cfg.learner.num_cpus,
             "cluster_cpus": cfg.cluster.num_cpus}
+
+
+def _final_heldout_gold(cfg, export_dir: str) -> float:
+    """heldout_gold of a raylign run's exported final policy."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tasks import load_task
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = AutoModelForCausalLM.from_pretrained(export_dir, use_safetensors=True)
+    tok = AutoTokenizer.from_pretrained(export_dir)
+    return heldout_gold(model, tok, cfg, load_task(cfg), cfg.seed)
 
 
 def measure(settings: Settings, steps: int, last: int, repeats: int,
@@ -233,9 +276,9 @@ def measure(settings: Settings, steps: int, last: int, repeats: int,
                  "repeats": repeats, "trl_version": runs["trl"][0]["trl"], "runs": runs,
                  "arms": {arm: {k: stats([r[k] for r in rs]) for k in
                                 ("steady_samples_per_s", "whole_run_samples_per_s",
-                                 "gold_last")} for arm, rs in runs.items()},
-                 "ratios": {}, "whole_ratios": {}, "by_world": {}, "gold_diff": {},
-                 "goals": {}}
+                                 "gold_last", "heldout_gold")} for arm, rs in runs.items()},
+                 "heldout": {"prompts": HELDOUT[0], "samples": HELDOUT[1]},
+                 "ratios": {}, "whole_ratios": {}, "by_world": {}, "goals": {}}
     trl_runs = runs["trl"]
     for arm in arms:
         def ratio(key: str, rs=runs[arm]) -> list[float]:
@@ -245,17 +288,18 @@ def measure(settings: Settings, steps: int, last: int, repeats: int,
         steady = ratio("steady_samples_per_s")
         out["by_world"][arm] = {str(w): stats([x for x, r in zip(steady, runs[arm])
                                                if r["world"] == w]) for w in worlds}
-        lo, hi = paired_t_ci([r["gold_last"] for r in runs[arm]],
-                             [t["gold_last"] for t in trl_runs])
-        mean = statistics.fmean(r["gold_last"] - t["gold_last"]
-                                for r, t in zip(runs[arm], trl_runs))
-        out["gold_diff"][arm] = {"mean": mean, "ci95": [lo, hi], "pairs": len(trl_runs)}
+        for key, name in (("heldout_gold", "gold_diff"), ("gold_last", "train_gold_diff")):
+            lo, hi = paired_t_ci([r[key] for r in runs[arm]], [t[key] for t in trl_runs])
+            mean = statistics.fmean(r[key] - t[key] for r, t in zip(runs[arm], trl_runs))
+            out.setdefault(name, {})[arm] = {"mean": mean, "ci95": [lo, hi],
+                                             "pairs": len(trl_runs)}
+        lo, hi = out["gold_diff"][arm]["ci95"]
         every = min(x["median"] for x in out["by_world"][arm].values())
         gold_ok = big or arm != "grpo" or (not math.isnan(hi) and hi >= 0)
         out["goals"][arm] = {
             "target": f">= {goals[arm]}x TRL steady samples/s on every world"
                       + ("" if big or arm != "grpo" else
-                         ", gold not lower (the paired interval reaches 0)"),
+                         ", held-out gold not lower (the paired interval reaches 0)"),
             "value": every, "met": every >= goals[arm] and gold_ok}
     out["goal"] = {"figure": ", ".join(f"raylign {a} >= {goals[a]}x TRL" for a in arms),
                    "met": all(g["met"] for g in out["goals"].values())}
@@ -284,29 +328,35 @@ def settings_rows(out: dict) -> list[str]:
 
 def table(out: dict) -> list[str]:
     """The markdown rows (also BENCHMARKS.md's figure 8)."""
-    a, last = out["arms"], out["gold_last_steps"]
+    a, last = out["arms"], min(out["steps"], out["gold_last_steps"])
 
     def cell(x: dict, fmt: str) -> str:
         return f"{fmt.format(x['median'])} [{fmt.format(x['min'])}–{fmt.format(x['max'])}]"
 
-    rows = [f"| | steady samples/s | whole run samples/s | gold, last {last} steps | "
-            "steady ÷ TRL, per world | whole run ÷ TRL | gold − TRL [95% CI] | goal | met |",
+    def diff(d: dict) -> str:
+        lo, hi = d["ci95"]
+        return f"{d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+    rows = [f"| | steady samples/s | whole run samples/s | gold of the training samples, last "
+            f"{last} steps (− TRL [95% CI]) | held-out gold of the final policy (− TRL [95% "
+            "CI]) | steady ÷ TRL, per world | whole run ÷ TRL | goal | met |",
             "|---|---|---|---|---|---|---|---|---|",
             f"| TRL {out['trl_version']} GRPOTrainer, one process | "
             f"{cell(a['trl']['steady_samples_per_s'], '{:.1f}')} | "
             f"{cell(a['trl']['whole_run_samples_per_s'], '{:.1f}')} | "
-            f"{cell(a['trl']['gold_last'], '{:.3f}')} | 1 | 1 | | | |"]
+            f"{cell(a['trl']['gold_last'], '{:.3f}')} | "
+            f"{cell(a['trl']['heldout_gold'], '{:.3f}')} | 1 | 1 | | |"]
     for arm in out["goals"]:
-        g, d = out["goals"][arm], out["gold_diff"][arm]
+        g = out["goals"][arm]
         worlds = "; ".join(f"{'cfg' if w == 'None' else w}: {cell(x, '{:.2f}')}"
                            for w, x in out["by_world"][arm].items())
-        lo, hi = d["ci95"]
         rows.append(f"| raylign train(), {'PPO+GAE' if arm == 'gae' else arm} | "
                     f"{cell(a[arm]['steady_samples_per_s'], '{:.1f}')} | "
                     f"{cell(a[arm]['whole_run_samples_per_s'], '{:.1f}')} | "
-                    f"{cell(a[arm]['gold_last'], '{:.3f}')} | {worlds} | "
-                    f"{cell(out['whole_ratios'][arm], '{:.2f}')} | "
-                    f"{d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {g['target']} | "
+                    f"{cell(a[arm]['gold_last'], '{:.3f}')} "
+                    f"({diff(out['train_gold_diff'][arm])}) | "
+                    f"{cell(a[arm]['heldout_gold'], '{:.3f}')} ({diff(out['gold_diff'][arm])}) | "
+                    f"{worlds} | {cell(out['whole_ratios'][arm], '{:.2f}')} | {g['target']} | "
                     f"{'yes' if g['met'] else '**no**'} |")
     return rows
 

@@ -29,6 +29,7 @@ def test_peer_benchmark_quick(micro_world, tmp_path):
     assert set(res["goals"]) == {"grpo", "gae"}
     assert [(r["world"], r["seed"]) for r in res["runs"]["grpo"]] == [(None, 0)]
     assert set(res["by_world"]["grpo"]) == {"None"} and res["gold_diff"]["gae"]["pairs"] == 1
-    assert math.isclose(res["gold_diff"]["grpo"]["mean"],
+    assert all(-1 <= r["heldout_gold"] <= 1 for rs in res["runs"].values() for r in rs)
+    assert math.isclose(res["train_gold_diff"]["grpo"]["mean"],
                         res["runs"]["grpo"][0]["gold_last"] - res["runs"]["trl"][0]["gold_last"])
     assert "| setting | both sides |" in proc.stdout and "steady ÷ TRL, per world" in proc.stdout
