@@ -36,7 +36,7 @@ def run_quick(name, tmp_path, monkeypatch) -> dict:
     assert vals and all(math.isfinite(v) for v in vals)  # NaN/inf would be null in the JSON
     doc = (out / "results.md").read_text()
     assert f"## {name}" in doc and "quick run" in doc.lower()
-    assert "| no results | not run |" in doc  # the other experiments are listed, not invented
+    assert "| no results | — | not run |" in doc  # the other experiments are listed, not invented
     return result
 
 
