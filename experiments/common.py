@@ -510,7 +510,9 @@ def sd_from_t_ci(ci: tuple[float, float], n: int) -> float:
 def power_at(effect: float, sd: float, n: int) -> float:
     """Power of the 95% paired t-interval of n seeds to lie above 0 when the true effect is
     `effect` (> 0): P(mean - t975(n-1) sd/sqrt(n) > 0) ~ Phi(effect sqrt(n) / sd - t975(n-1))
-    (the normal approximation to the non-central t)."""
+    (the normal approximation to the non-central t); 0 below 2 seeds (no interval)."""
+    if n < 2:
+        return 0.0
     return statistics.NormalDist().cdf(effect * math.sqrt(n) / sd - t975(n - 1))
 
 

@@ -20,6 +20,7 @@ def test_a_power_plan_by_hand():
     assert math.isclose(p.at(10), 0.8, abs_tol=0.03)
     assert math.isclose(p.hours(10), 10 * 2 * 0.5 * 2.3 / 60)
     assert p.decidable(budget_hours=0.4) and not p.decidable(budget_hours=0.38)
+    assert p.at(1) == 0.0  # one seed has no interval (a quick run's plan)
 
 
 def test_every_paired_design_states_its_power():
