@@ -333,9 +333,15 @@ def table(out: dict) -> list[str]:
     def cell(x: dict, fmt: str) -> str:
         return f"{fmt.format(x['median'])} [{fmt.format(x['min'])}–{fmt.format(x['max'])}]"
 
-    def diff(d: dict) -> str:
+    def diff(d: dict | None) -> str:
+        if d is None:
+            return "—"
         lo, hi = d["ci95"]
         return f"{d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+    def heldout(arm: str) -> str:  # absent from results made before it was measured
+        x = a[arm].get("heldout_gold")
+        return "—" if x is None else cell(x, "{:.3f}")
 
     rows = [f"| | steady samples/s | whole run samples/s | gold of the training samples, last "
             f"{last} steps (− TRL [95% CI]) | held-out gold of the final policy (− TRL [95% "
@@ -345,7 +351,9 @@ def table(out: dict) -> list[str]:
             f"{cell(a['trl']['steady_samples_per_s'], '{:.1f}')} | "
             f"{cell(a['trl']['whole_run_samples_per_s'], '{:.1f}')} | "
             f"{cell(a['trl']['gold_last'], '{:.3f}')} | "
-            f"{cell(a['trl']['heldout_gold'], '{:.3f}')} | 1 | 1 | | |"]
+            f"{heldout('trl')} | 1 | 1 | | |"]
+    before = "train_gold_diff" not in out  # made before held-out gold: gold_diff is training's
+    train = "gold_diff" if before else "train_gold_diff"
     for arm in out["goals"]:
         g = out["goals"][arm]
         worlds = "; ".join(f"{'cfg' if w == 'None' else w}: {cell(x, '{:.2f}')}"
@@ -354,8 +362,8 @@ def table(out: dict) -> list[str]:
                     f"{cell(a[arm]['steady_samples_per_s'], '{:.1f}')} | "
                     f"{cell(a[arm]['whole_run_samples_per_s'], '{:.1f}')} | "
                     f"{cell(a[arm]['gold_last'], '{:.3f}')} "
-                    f"({diff(out['train_gold_diff'][arm])}) | "
-                    f"{cell(a[arm]['heldout_gold'], '{:.3f}')} ({diff(out['gold_diff'][arm])}) | "
+                    f"({diff(out[train][arm])}) | "
+                    f"{heldout(arm)} ({diff(None if before else out['gold_diff'][arm])}) | "
                     f"{worlds} | {cell(out['whole_ratios'][arm], '{:.2f}')} | {g['target']} | "
                     f"{'yes' if g['met'] else '**no**'} |")
     return rows
