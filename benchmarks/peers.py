@@ -281,11 +281,9 @@ def measure(settings: Settings, steps: int, last: int, repeats: int,
                  "ratios": {}, "whole_ratios": {}, "by_world": {}, "goals": {}}
     trl_runs = runs["trl"]
     for arm in arms:
-        def ratio(key: str, rs=runs[arm]) -> list[float]:
-            return [r[key] / t[key] for r, t in zip(rs, trl_runs)]
-        out["ratios"][arm] = stats(ratio("steady_samples_per_s"))
-        out["whole_ratios"][arm] = stats(ratio("whole_run_samples_per_s"))
-        steady = ratio("steady_samples_per_s")
+        steady, whole = ([r[key] / t[key] for r, t in zip(runs[arm], trl_runs)]
+                         for key in ("steady_samples_per_s", "whole_run_samples_per_s"))
+        out["ratios"][arm], out["whole_ratios"][arm] = stats(steady), stats(whole)
         out["by_world"][arm] = {str(w): stats([x for x, r in zip(steady, runs[arm])
                                                if r["world"] == w]) for w in worlds}
         for key, name in (("heldout_gold", "gold_diff"), ("gold_last", "train_gold_diff")):
